@@ -1,0 +1,1 @@
+"""Offline conversion of Kinetics-style video trees into sharded MindRecord files."""
