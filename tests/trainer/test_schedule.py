@@ -1,0 +1,29 @@
+"""Learning-rate schedules: the reference step decay, warmup and cosine."""
+import numpy as np
+import pytest
+
+from trainer.config import load_config
+from trainer.schedule import build_lr
+
+from tests.trainer.test_config import RECIPE
+
+
+def test_reference_step_decay():
+    lr = build_lr(load_config(RECIPE).train, steps_per_epoch=10)
+    assert lr.shape == (600,) and lr.dtype == np.float32
+    np.testing.assert_allclose(lr[[0, 199, 200, 399, 400, 599]], [0.01, 0.01, 0.001, 0.001, 1e-4, 1e-4],
+                               rtol=1e-6)
+
+
+def test_warmup_then_cosine():
+    train = load_config(RECIPE, ["train.lr_schedule=cosine", "train.warmup_epochs=2", "train.epochs=10"]).train
+    lr = build_lr(train, steps_per_epoch=5)
+    np.testing.assert_allclose(lr[:10], 0.01 * np.arange(1, 11) / 10, rtol=1e-6)
+    assert lr[10] == pytest.approx(0.01) and np.all(np.diff(lr[10:]) <= 0) and lr[-1] < 1e-4
+
+
+def test_bad_schedule_and_empty_epoch():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        build_lr(load_config(RECIPE, ["train.lr_schedule=poly"]).train, 10)
+    with pytest.raises(ValueError, match="at least one step"):
+        build_lr(load_config(RECIPE).train, 0)
