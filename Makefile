@@ -4,10 +4,9 @@ PYTHON_BOOT ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONPATH := $(CURDIR)
 
 CONFIG ?= configs/demo.yaml
-NPROC ?= 8
-EVAL_NPROC ?= 1
 MASTER_PORT ?= 8118
 # Real Kinetics: make records CSV=kinetics400/train.csv VIDEOS=kinetics400/train SPLIT=train OUT=records/kinetics400
 CSV ?=
@@ -16,7 +15,20 @@ SPLIT ?= train
 OUT ?= records/kinetics400
 WORKERS ?= 2
 
-.PHONY: setup test records train train-8p eval export-310 demo clean-demo
+# msrun: workers on this node (8 Ascend devices, or 8 CPU processes for the demo); multi-node runs add
+# NNODES / NODE_RANK / MASTER_ADDR (see README).
+NNODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MSRUN_LOG ?= runs/msrun-logs
+MSRUN = msrun --worker_num=$$(( $(NPROC) * $(NNODES) )) --local_worker_num=$(NPROC) \
+	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) --node_rank=$(NODE_RANK) \
+	--log_dir=$(MSRUN_LOG) --join=True --tail_worker_log=0
+CKPT ?=
+# Without CKPT, eval and export use the run's best.ckpt (runs/<name>/best.ckpt).
+CKPT_ARG = $(if $(CKPT),--ckpt $(CKPT))
+
+.PHONY: setup test records train train-8p eval export-310 demo
 
 setup: $(VENV)/.installed
 
@@ -42,3 +54,15 @@ else
 	$(PY) -m datatools.convert --csv $(CSV) --videos $(VIDEOS) --labels $(OUT)/labels.txt \
 		--out $(OUT)/$(SPLIT) --workers $(WORKERS)
 endif
+
+train: setup
+	$(PY) -m trainer.train --config $(CONFIG) $(ARGS)
+
+train-8p: NPROC ?= 8
+train-8p: setup
+	$(MSRUN) scripts/launch.py trainer.train --config $(CONFIG) $(ARGS)
+
+eval: NPROC ?= 1
+eval: setup
+	$(if $(filter 1,$(NPROC)),$(PY) -m trainer.eval,$(MSRUN) scripts/launch.py trainer.eval) \
+		--config $(CONFIG) $(CKPT_ARG) $(ARGS)

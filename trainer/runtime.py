@@ -10,19 +10,21 @@ from mindspore.communication import get_group_size, get_rank, init
 
 from trainer.config import Config
 
-__all__ = ["launched_by_msrun", "init_runtime", "setup_logging"]
+__all__ = ["distributed_launch", "init_runtime", "setup_logging"]
 
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
 
 
-def launched_by_msrun() -> bool:
-    """msrun exports MS_ROLE to the scheduler and to every worker."""
-    return "MS_ROLE" in os.environ
+def distributed_launch() -> bool:
+    """msrun exports MS_ROLE to the scheduler and every worker; the Ascend rank-table launch
+    (scripts/run_distribute_train.sh) exports RANK_TABLE_FILE and RANK_SIZE."""
+    return "MS_ROLE" in os.environ or (
+        "RANK_TABLE_FILE" in os.environ and int(os.environ.get("RANK_SIZE", "1")) > 1)
 
 
 def init_runtime(cfg: Config) -> tuple[int, int]:
-    """Set the device context and join the communication group when launched by msrun.
+    """Set the device context and join the communication group under msrun or a rank table.
 
     Returns ``(rank, group_size)``; a plain ``python -m`` run is rank 0 of 1.
     """
@@ -30,8 +32,10 @@ def init_runtime(cfg: Config) -> tuple[int, int]:
         raise ValueError(f"device_target must be one of {DEVICE_TARGETS}, got {cfg.device_target!r}")
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {cfg.mode!r}")
-    ms.set_context(mode=MODES[cfg.mode], device_target=cfg.device_target)
-    if not launched_by_msrun():
+    ms.set_context(mode=MODES[cfg.mode])
+    device_id = os.environ.get("DEVICE_ID") if cfg.device_target == "Ascend" else None
+    ms.set_device(cfg.device_target, None if device_id is None else int(device_id))
+    if not distributed_launch():
         return 0, 1
     init()
     rank, size = get_rank(), get_group_size()
