@@ -1,0 +1,288 @@
+"""Clips for StNet from MindRecord shards: sampling, JPEG decode, crop/flip, normalization.
+
+One record is one video (``datatools.schema``): its JPEG frames in one blob plus byte offsets,
+so a clip decodes only the T×N frames it uses. The map op runs in threads (simplejpeg and cv2
+release the GIL, and threads avoid copying each ~21 MB clip between processes; DESIGN.md §5).
+Every random choice comes from ``(seed, epoch)`` (shuffle) or a per-sample generator seeded by
+``(seed, epoch, video_id)`` (sampling, crop, flip), so a run is reproducible whatever thread
+handles which sample, and a training dataset is built per epoch.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from pathlib import Path
+
+import cv2
+import mindspore.dataset as ds
+import numpy as np
+import simplejpeg
+
+from datatools.schema import (FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, frame_bytes,
+                              ok_shard_paths)
+from trainer.config import Config
+
+__all__ = ["MEAN", "STD", "CLIP", "MASK", "ClipSampler", "ClipDecoder", "TrainClips", "EvalClips",
+           "split_dir", "create_dataset"]
+
+logger = logging.getLogger(__name__)
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+# Output columns besides the schema's LABEL and VIDEO_ID.
+CLIP = "clip"
+MASK = "mask"
+SPLIT_KEYS = ("train", "val")
+_READ_COLUMNS = [FRAMES, OFFSETS, NUM_FRAMES, LABEL, VIDEO_ID]
+
+
+class ClipSampler:
+    """Frame indices of T segments × N consecutive frames (StNet / TSN style, DESIGN.md §4).
+
+    Reads only ``num_frames`` of a video. The video is cut into T segments of
+    ``avg = num_frames // T`` frames; segment i contributes N consecutive frames starting at
+    ``i·avg + offset``. Training draws ``offset`` in ``0..avg−N``; testing centres it, and with
+    K clips per video spreads the K offsets evenly over ``0..avg−N`` (K=1 is the centred clip).
+    When ``avg < N`` the run starts at the segment start, when ``avg == 0`` at frame i; indices
+    past the end wrap (``% num_frames``), so a short video repeats its frames instead of failing.
+
+    Returns int64 arrays: ``train_indices`` (T, N), ``test_indices`` (K, T, N).
+    """
+
+    def __init__(self, num_segments: int, frames_per_segment: int) -> None:
+        for name, value in (("num_segments", num_segments), ("frames_per_segment", frames_per_segment)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.num_segments = num_segments
+        self.frames_per_segment = frames_per_segment
+
+    def _check(self, num_frames: int) -> None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames!r}")
+
+    def _indices(self, num_frames: int, offsets: np.ndarray) -> np.ndarray:
+        """(…, T, N) indices from per-segment offsets of shape (…, T)."""
+        avg = num_frames // self.num_segments
+        segment = np.arange(self.num_segments, dtype=np.int64)
+        starts = segment * avg + offsets if avg >= 1 else np.broadcast_to(segment, offsets.shape)
+        return (starts[..., None] + np.arange(self.frames_per_segment)) % num_frames
+
+    def _spare(self, num_frames: int) -> int:
+        """Free frames in a segment after its N-frame run (0 when the segment is too short)."""
+        return max(num_frames // self.num_segments - self.frames_per_segment, 0)
+
+    def train_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """(T, N): a random run inside each segment."""
+        self._check(num_frames)
+        offsets = rng.integers(0, self._spare(num_frames) + 1, size=self.num_segments)
+        return self._indices(num_frames, offsets)
+
+    def test_indices(self, num_frames: int, num_clips: int = 1) -> np.ndarray:
+        """(K, T, N): K clips whose runs sit at (2k+1)/(2K) of each segment's free range."""
+        self._check(num_frames)
+        if num_clips < 1:
+            raise ValueError(f"num_clips must be >= 1, got {num_clips!r}")
+        k = np.arange(num_clips, dtype=np.int64)
+        offsets = (self._spare(num_frames) * (2 * k + 1)) // (2 * num_clips)
+        return self._indices(num_frames, np.repeat(offsets[:, None], self.num_segments, axis=1))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_segments={self.num_segments}, "
+                f"frames_per_segment={self.frames_per_segment})")
+
+
+class ClipDecoder:
+    """Decode the frames a clip uses, crop them at one box, flip, normalize.
+
+    Reads the record's ``frames`` blob and ``offsets``; frames whose short side differs from
+    ``short_side`` are rescaled first (the converter never upscales, DESIGN.md §6). Returns
+    float32 (T, 3N, crop, crop): the N frames of a segment are stacked as N RGB triples.
+    """
+
+    def __init__(self, short_side: int, crop: int) -> None:
+        if crop < 1 or crop > short_side:
+            raise ValueError(f"crop must be in 1..short_side={short_side}, got {crop!r}")
+        self.short_side = short_side
+        self.crop = crop
+        self._scale = (1.0 / (255.0 * np.asarray(STD, np.float32)))
+        self._bias = -np.asarray(MEAN, np.float32) / np.asarray(STD, np.float32)
+
+    def scaled_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) after scaling the short side to ``short_side``."""
+        short = min(height, width)
+        if short == self.short_side:
+            return height, width
+        return round(height * self.short_side / short), round(width * self.short_side / short)
+
+    def decode(self, blob: memoryview, offsets: np.ndarray, indices: np.ndarray) -> list[np.ndarray]:
+        """uint8 (H, W, 3) frames at the short side, one per index (repeats decoded once)."""
+        cache: dict[int, np.ndarray] = {}
+        frames = []
+        for index in indices.ravel().tolist():
+            if index not in cache:
+                image = simplejpeg.decode_jpeg(frame_bytes(blob, offsets, index), colorspace="RGB",
+                                               fastdct=True, fastupsample=True)
+                height, width = self.scaled_size(*image.shape[:2])
+                if (height, width) != image.shape[:2]:
+                    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+                cache[index] = image
+            frames.append(cache[index])
+        return frames
+
+    def __call__(self, frames: list[np.ndarray], num_segments: int, top: int, left: int,
+                 flip: bool) -> np.ndarray:
+        """Crop ``frames`` (T·N decoded frames) at (top, left) and return the normalized clip."""
+        c = self.crop
+        stack = np.stack([f[top:top + c, left:left + c] for f in frames])  # (TN, c, c, 3)
+        if flip:
+            stack = stack[:, :, ::-1]
+        clip = stack.astype(np.float32)
+        clip *= self._scale
+        clip += self._bias
+        per_segment = len(frames) // num_segments
+        return np.ascontiguousarray(
+            clip.reshape(num_segments, per_segment, c, c, 3).transpose(0, 1, 4, 2, 3)
+        ).reshape(num_segments, per_segment * 3, c, c)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(short_side={self.short_side}, crop={self.crop})"
+
+
+def _blob(frames: np.ndarray) -> memoryview:
+    """MindRecord returns bytes as a numpy |S array; ``.tobytes()`` keeps trailing NULs."""
+    return memoryview(frames.tobytes())
+
+
+class TrainClips:
+    """Map op for training: (frames, offsets, num_frames, label, video_id) → (clip, label).
+
+    One random segment offset set, one random crop box and one flip per clip, drawn from a
+    generator seeded by ``(seed, epoch, crc32(video_id))``: the same video gets new draws each
+    epoch, and a resumed run (a new dataset for its epoch) draws what an uninterrupted one did.
+    """
+
+    def __init__(self, sampler: ClipSampler, decoder: ClipDecoder, seed: int, epoch: int) -> None:
+        self.sampler = sampler
+        self.decoder = decoder
+        self.seed = seed
+        self.epoch = epoch
+
+    def __call__(self, frames, offsets, num_frames, label, video_id):
+        rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(str(video_id).encode())])
+        indices = self.sampler.train_indices(int(num_frames), rng)
+        decoded = self.decoder.decode(_blob(frames), offsets, indices)
+        height, width = decoded[0].shape[:2]
+        crop = self.decoder.crop
+        top = int(rng.integers(0, height - crop + 1))
+        left = int(rng.integers(0, width - crop + 1))
+        flip = bool(rng.random() < 0.5)
+        clip = self.decoder(decoded, self.sampler.num_segments, top, left, flip)
+        return clip, np.int32(label)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.sampler!r}, {self.decoder!r}, seed={self.seed}, "
+                f"epoch={self.epoch})")
+
+
+class EvalClips:
+    """Map op for evaluation: → (clip (K, T, 3N, S, S), label, mask, video_id), deterministic.
+
+    K temporal clips per video (``ClipSampler.test_indices``), centre crop. A padded sample
+    (``num_frames == 0``, added so every rank gets the same count) yields zeros and mask 0.
+    """
+
+    def __init__(self, sampler: ClipSampler, decoder: ClipDecoder, num_clips: int) -> None:
+        self.sampler = sampler
+        self.decoder = decoder
+        self.num_clips = num_clips
+
+    def __call__(self, frames, offsets, num_frames, label, video_id):
+        t, n, c = self.sampler.num_segments, self.sampler.frames_per_segment, self.decoder.crop
+        if int(num_frames) == 0:
+            clip = np.zeros((self.num_clips, t, 3 * n, c, c), np.float32)
+            return clip, np.int32(label), np.int32(0), video_id
+        indices = self.sampler.test_indices(int(num_frames), self.num_clips)
+        decoded = self.decoder.decode(_blob(frames), offsets, indices)
+        height, width = decoded[0].shape[:2]
+        top, left = (height - c) // 2, (width - c) // 2
+        per_clip = t * n
+        clip = np.stack([self.decoder(decoded[k * per_clip:(k + 1) * per_clip], t, top, left, False)
+                         for k in range(self.num_clips)])
+        return clip, np.int32(label), np.int32(1), video_id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.sampler!r}, {self.decoder!r}, num_clips={self.num_clips})"
+
+
+def split_dir(cfg: Config, split: str) -> Path:
+    """``train``/``val`` name the config's split folders; any other name is a folder itself."""
+    name = cfg.data[f"{split}_split"] if split in SPLIT_KEYS else split
+    path = Path(cfg.data.root) / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"split folder not found: {path} (data.root={cfg.data.root!r}, "
+                                f"split={split!r})")
+    return path
+
+
+def _padded_sample() -> dict:
+    """A row of every read column that EvalClips recognizes as padding (num_frames 0)."""
+    return {FRAMES: b"\x00", OFFSETS: np.zeros(1, np.int64), NUM_FRAMES: 0, LABEL: -1, VIDEO_ID: ""}
+
+
+def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, group_size: int = 1,
+                   epoch: int = 0) -> ds.Dataset:
+    """Batched clips of one split, sharded over ``group_size`` ranks.
+
+    Parameters
+    ----------
+    cfg : Config
+        Reads ``seed``, ``data.*`` and ``test.*``.
+    split : str
+        ``train`` or ``val`` (resolved through ``data.train_split``/``data.val_split``), or a
+        folder name under ``data.root``.
+    training : bool
+        True: shuffled (same seed on every rank, reshuffled each epoch), random crop/flip,
+        ``data.batch_size`` with ``drop_remainder``; columns ``clip`` (B, T, 3N, crop, crop)
+        float32 and ``label`` (B,) int32. When the video count is not divisible by
+        ``group_size``, MindDataset repeats a few videos so every shard has
+        ceil(count / group_size) rows.
+        False: in order, K centred clips, ``test.batch_size``, last batch kept; padded with
+        masked rows so every video is seen exactly once over all ranks; columns ``clip``
+        (B, K, T, 3N, S, S), ``label``, ``mask`` (int32, 0 for padding), ``video_id`` (str).
+    rank, group_size : int
+        This rank's shard of the split.
+    epoch : int
+        Training epoch this dataset serves: build one dataset per epoch. The shuffle order and
+        every augmentation draw derive from ``(seed, epoch)``, so a resumed run repeats the
+        uninterrupted one exactly. Ignored for evaluation.
+    """
+    if not 0 <= rank < group_size:
+        raise ValueError(f"rank must be in 0..{group_size - 1}, got {rank!r}")
+    shards = ok_shard_paths(split_dir(cfg, split))
+    if not shards:
+        raise FileNotFoundError(f"no converted videos in {split_dir(cfg, split)}")
+    # MindDataset's shuffle seed is global; it must be the same on every rank (DESIGN.md §5).
+    ds.config.set_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
+    workers = max(1, min(cfg.data.num_workers, os.cpu_count() or 1))
+    sampler = ClipSampler(cfg.data.num_segments if training else cfg.test.segments,
+                          cfg.data.frames_per_segment)
+    sharding = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
+    if training:
+        data = ds.MindDataset(shards, columns_list=_READ_COLUMNS, shuffle=True, **sharding)
+        op = TrainClips(sampler, ClipDecoder(cfg.data.short_side, cfg.data.crop_size), cfg.seed, epoch)
+        columns, batch_size = [CLIP, LABEL], cfg.data.batch_size
+    else:
+        count = ds.MindDataset(shards, columns_list=[NUM_FRAMES], shuffle=False).get_dataset_size()
+        num_padded = -count % group_size
+        padding = {"padded_sample": _padded_sample(), "num_padded": num_padded} if num_padded else {}
+        data = ds.MindDataset(shards, columns_list=_READ_COLUMNS, shuffle=False, **sharding,
+                              **padding)
+        op = EvalClips(sampler, ClipDecoder(cfg.data.short_side, cfg.test.crop), cfg.test.clips)
+        columns, batch_size = [CLIP, LABEL, MASK, VIDEO_ID], cfg.test.batch_size
+    logger.info("%s split %s: %d shard files, rank %d/%d, %r", "train" if training else "eval",
+                split, len(shards), rank, group_size, op)
+    data = data.map(op, input_columns=_READ_COLUMNS, output_columns=columns,
+                    num_parallel_workers=workers, python_multiprocessing=False)
+    data = data.project(columns)
+    return data.batch(batch_size, drop_remainder=training)

@@ -1,0 +1,158 @@
+"""Exact-once evaluation: top-1/top-5 over every validation video, alone or under msrun.
+
+Each rank runs its shard of the padded validation set (``create_dataset(training=False)``);
+padded rows are masked out, so the counts of all ranks add up to exactly the split's videos.
+A video's K temporal clips are scored by the mean of their softmax. Counts are summed over ranks
+with AllReduce (SUM is the only CPU reduction), so rank 0 reports the whole split.
+
+    python -m trainer.eval --config configs/demo.yaml --ckpt runs/demo/best.ckpt --out result.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from datatools.schema import LABEL, LABELS_NAME, read_labels
+from trainer.cli import run_cli
+from trainer.config import Config, config_from_args, config_parser
+from trainer.data import CLIP, MASK, create_dataset
+from trainer.runtime import init_runtime, setup_logging
+
+__all__ = ["evaluate", "load_weights", "summary_line", "write_results", "main"]
+
+logger = logging.getLogger(__name__)
+TOP_K = 5
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _all_reduce_sum(values: np.ndarray) -> np.ndarray:
+    """Sum integer counts over the ranks (float32 holds counts below 2**24 exactly)."""
+    if values.max(initial=0) >= 2 ** 24:
+        raise ValueError(f"counts up to {values.max()} do not fit float32 exactly")
+    summed = ops.AllReduce(ops.ReduceOp.SUM)(ms.Tensor(values.astype(np.float32)))
+    return np.rint(summed.asnumpy()).astype(np.int64)
+
+
+def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
+             group_size: int = 1) -> dict:
+    """Top-1/top-5, per-class accuracy and confusion matrix of ``net`` over ``dataset``.
+
+    ``dataset`` is an eval dataset from ``create_dataset`` (columns clip (B, K, T, 3N, S, S),
+    label, mask). With ``group_size > 1`` every rank must call this (the counts are all-reduced).
+    Returns ``top1``, ``top5`` (fractions), ``videos`` (real videos counted), ``per_class``
+    (accuracy per class index, None for a class without videos) and ``confusion``
+    (``confusion[true][predicted]`` counts).
+    """
+    net.set_train(False)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    top5_hits = 0
+    k = min(TOP_K, num_classes)
+    for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+        clips, labels, mask = batch[CLIP], batch[LABEL], batch[MASK].astype(bool)
+        batch_size, num_clips = clips.shape[:2]
+        logits = net(ms.Tensor(clips.reshape(batch_size * num_clips, *clips.shape[2:]))).asnumpy()
+        if logits.shape[-1] != num_classes:
+            raise ValueError(f"network gives {logits.shape[-1]} classes, expected {num_classes}")
+        scores = _softmax(logits.astype(np.float64)).reshape(batch_size, num_clips, -1).mean(axis=1)
+        scores, labels = scores[mask], labels[mask].astype(np.int64)
+        np.add.at(confusion, (labels, scores.argmax(axis=1)), 1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top5_hits += int((top == labels[:, None]).any(axis=1).sum())
+    if group_size > 1:
+        summed = _all_reduce_sum(np.append(confusion.ravel(), top5_hits))
+        confusion, top5_hits = summed[:-1].reshape(num_classes, num_classes), int(summed[-1])
+    videos = int(confusion.sum())
+    per_class_videos = confusion.sum(axis=1)
+    per_class = [float(confusion[c, c] / n) if n else None
+                 for c, n in enumerate(per_class_videos.tolist())]
+    return {
+        "top1": float(np.trace(confusion) / videos) if videos else 0.0,
+        "top5": top5_hits / videos if videos else 0.0,
+        "videos": videos,
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def load_weights(net: nn.Cell, ckpt: str | Path) -> None:
+    """Load a checkpoint into ``net``; every network parameter must be in it.
+
+    Training checkpoints also hold optimizer state (moments, step): those extras are ignored.
+    """
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt not found: {path}")
+    params_not_loaded, _ = ms.load_param_into_net(net, ms.load_checkpoint(str(path)))
+    if params_not_loaded:
+        raise ValueError(f"{path} lacks {len(params_not_loaded)} network parameters, e.g. "
+                         f"{params_not_loaded[:3]}: wrong checkpoint or model config")
+
+
+def summary_line(result: dict) -> str:
+    return f"top1={result['top1']:.4f} top5={result['top5']:.4f} videos={result['videos']}"
+
+
+def write_results(result: dict, out: str | Path, class_names: list[str]) -> Path:
+    """JSON with top1/top5/videos and per-class accuracy by name; the confusion matrix as CSV
+    next to it (``<out stem>.confusion.csv``, rows = true class, columns = predicted)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    confusion_path = out.with_name(f"{out.stem}.confusion.csv")
+    payload = {key: result[key] for key in ("top1", "top5", "videos")}
+    payload["per_class"] = dict(zip(class_names, result["per_class"]))
+    payload["confusion_file"] = confusion_path.name
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    header = "true\\predicted," + ",".join(class_names)
+    rows = [f"{name}," + ",".join(map(str, row)) for name, row in zip(class_names, result["confusion"])]
+    confusion_path.write_text("\n".join([header, *rows]) + "\n")
+    return confusion_path
+
+
+def _default_ckpt(cfg: Config) -> Path:
+    return Path(cfg.train.output_dir) / cfg.name / "best.ckpt"
+
+
+def main(args: argparse.Namespace) -> dict:
+    cfg = config_from_args(args)
+    ckpt = Path(args.ckpt) if args.ckpt else _default_ckpt(cfg)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--ckpt not found: {ckpt}")
+    class_names = read_labels(Path(cfg.data.root) / LABELS_NAME)
+    if len(class_names) != cfg.model.num_classes:
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but "
+                         f"{Path(cfg.data.root) / LABELS_NAME} has {len(class_names)} classes")
+    rank, group_size = init_runtime(cfg)
+    setup_logging(rank)
+    from trainer.model import create_model  # the network module is heavy; import after set-up
+    net = create_model(cfg)
+    load_weights(net, ckpt)
+    dataset = create_dataset(cfg, "val", training=False, rank=rank, group_size=group_size)
+    result = evaluate(net, dataset, cfg.model.num_classes, group_size)
+    if rank == 0:
+        if args.out:
+            confusion_path = write_results(result, args.out, class_names)
+            logger.info("wrote %s and %s", args.out, confusion_path)
+        print(summary_line(result), flush=True)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = config_parser("Evaluate a checkpoint on the validation split: top-1, top-5, every "
+                           "video exactly once (standalone or under msrun).")
+    parser.add_argument("--ckpt", help="checkpoint (default: <train.output_dir>/<name>/best.ckpt)")
+    parser.add_argument("--out", help="write the result JSON here (+ <stem>.confusion.csv)")
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(build_parser(), main))
