@@ -24,7 +24,7 @@ from datatools.schema import (FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, fram
 from trainer.config import Config
 
 __all__ = ["MEAN", "STD", "CLIP", "MASK", "ClipSampler", "ClipDecoder", "TrainClips", "EvalClips",
-           "split_dir", "create_dataset"]
+           "split_dir", "records", "create_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +230,31 @@ def _padded_sample() -> dict:
     return {FRAMES: b"\x00", OFFSETS: np.zeros(1, np.int64), NUM_FRAMES: 0, LABEL: -1, VIDEO_ID: ""}
 
 
+def records(cfg: Config, split: str, *, training: bool, rank: int = 0, group_size: int = 1,
+            epoch: int = 0) -> ds.MindDataset:
+    """This rank's share of the split's raw records (one row per video), before decoding.
+
+    Training: shuffled by a seed from ``(cfg.seed, epoch)``, the same on every rank, so the
+    shards of one epoch cover the split (MindDataset repeats ``-count % group_size`` videos so
+    every shard has the same length). Evaluation: in order, padded with ``num_frames == 0``
+    rows so the ranks hold every video exactly once.
+    """
+    if not 0 <= rank < group_size:
+        raise ValueError(f"rank must be in 0..{group_size - 1}, got {rank!r}")
+    shards = ok_shard_paths(split_dir(cfg, split))
+    if not shards:
+        raise FileNotFoundError(f"no converted videos in {split_dir(cfg, split)}")
+    # MindDataset's shuffle seed is global; it must be the same on every rank (DESIGN.md §5).
+    ds.config.set_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
+    sharding = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
+    if training:
+        return ds.MindDataset(shards, columns_list=_READ_COLUMNS, shuffle=True, **sharding)
+    count = ds.MindDataset(shards, columns_list=[NUM_FRAMES], shuffle=False).get_dataset_size()
+    num_padded = -count % group_size
+    padding = {"padded_sample": _padded_sample(), "num_padded": num_padded} if num_padded else {}
+    return ds.MindDataset(shards, columns_list=_READ_COLUMNS, shuffle=False, **sharding, **padding)
+
+
 def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, group_size: int = 1,
                    epoch: int = 0) -> ds.Dataset:
     """Batched clips of one split, sharded over ``group_size`` ranks.
@@ -242,7 +267,7 @@ def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, gr
         ``train`` or ``val`` (resolved through ``data.train_split``/``data.val_split``), or a
         folder name under ``data.root``.
     training : bool
-        True: shuffled (same seed on every rank, reshuffled each epoch), random crop/flip,
+        True: shuffled (seed from (seed, epoch), same on every rank), random crop/flip,
         ``data.batch_size`` with ``drop_remainder``; columns ``clip`` (B, T, 3N, crop, crop)
         float32 and ``label`` (B,) int32. When the video count is not divisible by
         ``group_size``, MindDataset repeats a few videos so every shard has
@@ -257,31 +282,18 @@ def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, gr
         every augmentation draw derive from ``(seed, epoch)``, so a resumed run repeats the
         uninterrupted one exactly. Ignored for evaluation.
     """
-    if not 0 <= rank < group_size:
-        raise ValueError(f"rank must be in 0..{group_size - 1}, got {rank!r}")
-    shards = ok_shard_paths(split_dir(cfg, split))
-    if not shards:
-        raise FileNotFoundError(f"no converted videos in {split_dir(cfg, split)}")
-    # MindDataset's shuffle seed is global; it must be the same on every rank (DESIGN.md §5).
-    ds.config.set_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
+    data = records(cfg, split, training=training, rank=rank, group_size=group_size, epoch=epoch)
     workers = max(1, min(cfg.data.num_workers, os.cpu_count() or 1))
     sampler = ClipSampler(cfg.data.num_segments if training else cfg.test.segments,
                           cfg.data.frames_per_segment)
-    sharding = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
     if training:
-        data = ds.MindDataset(shards, columns_list=_READ_COLUMNS, shuffle=True, **sharding)
         op = TrainClips(sampler, ClipDecoder(cfg.data.short_side, cfg.data.crop_size), cfg.seed, epoch)
         columns, batch_size = [CLIP, LABEL], cfg.data.batch_size
     else:
-        count = ds.MindDataset(shards, columns_list=[NUM_FRAMES], shuffle=False).get_dataset_size()
-        num_padded = -count % group_size
-        padding = {"padded_sample": _padded_sample(), "num_padded": num_padded} if num_padded else {}
-        data = ds.MindDataset(shards, columns_list=_READ_COLUMNS, shuffle=False, **sharding,
-                              **padding)
         op = EvalClips(sampler, ClipDecoder(cfg.data.short_side, cfg.test.crop), cfg.test.clips)
         columns, batch_size = [CLIP, LABEL, MASK, VIDEO_ID], cfg.test.batch_size
-    logger.info("%s split %s: %d shard files, rank %d/%d, %r", "train" if training else "eval",
-                split, len(shards), rank, group_size, op)
+    logger.info("%s split %s: rank %d/%d, %r", "train" if training else "eval", split, rank,
+                group_size, op)
     data = data.map(op, input_columns=_READ_COLUMNS, output_columns=columns,
                     num_parallel_workers=workers, python_multiprocessing=False)
     data = data.project(columns)

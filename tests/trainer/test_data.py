@@ -1,0 +1,219 @@
+"""Clip sampler and decoder on numpy data; the loader on real converted records (tiny_records)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simplejpeg
+
+from datatools.schema import (LABEL, MANIFEST_NAME, NUM_FRAMES, STATUS_OK, VIDEO_ID, pack_frames,
+                              read_manifest)
+from trainer.config import load_config
+from trainer.data import CLIP, MASK, MEAN, STD, ClipDecoder, ClipSampler, create_dataset, records
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+# ---- sampler -------------------------------------------------------------------------------
+
+def test_sampler_exact_video_takes_every_frame_once():
+    sampler = ClipSampler(4, 3)
+    expected = np.arange(12).reshape(4, 3)
+    np.testing.assert_array_equal(sampler.train_indices(12, np.random.default_rng(0)), expected)
+    np.testing.assert_array_equal(sampler.test_indices(12), expected[None])
+
+
+def test_sampler_long_video_stays_inside_segments():
+    sampler = ClipSampler(4, 3)  # 100 frames: segments of 25, runs of 3
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(200):
+        idx = sampler.train_indices(100, rng)
+        assert idx.shape == (4, 3) and idx.dtype == np.int64
+        np.testing.assert_array_equal(np.diff(idx, axis=1), 1)
+        offsets = idx[:, 0] - np.arange(4) * 25
+        assert ((offsets >= 0) & (offsets <= 22)).all()
+        starts.update(offsets.tolist())
+    assert starts == set(range(23))  # every legal offset drawn, none outside
+    np.testing.assert_array_equal(sampler.test_indices(100)[0, :, 0], 11 + np.arange(4) * 25)
+
+
+def test_sampler_short_videos_wrap():
+    sampler = ClipSampler(4, 3)
+    # 5 frames: segments of 1 frame, runs start at the segment and wrap past the end.
+    np.testing.assert_array_equal(sampler.test_indices(5)[0],
+                                  [[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 0]])
+    # 2 frames: shorter than T, segment i starts at frame i (mod 2).
+    idx = sampler.train_indices(2, np.random.default_rng(0))
+    np.testing.assert_array_equal(idx, [[0, 1, 0], [1, 0, 1], [0, 1, 0], [1, 0, 1]])
+    for num_frames in (1, 3, 7, 11):
+        assert sampler.train_indices(num_frames, np.random.default_rng(1)).max() < num_frames
+
+
+def test_sampler_multi_clip_spreads_offsets_and_k1_is_centred():
+    sampler = ClipSampler(2, 2)  # 42 frames: segments of 21, free range 0..19
+    clips = sampler.test_indices(42, num_clips=3)
+    assert clips.shape == (3, 2, 2)
+    np.testing.assert_array_equal(clips[:, 0, 0], [3, 9, 15])
+    np.testing.assert_array_equal(sampler.test_indices(42, 1)[0, :, 0], [9, 30])
+
+
+def test_sampler_is_deterministic_per_seed():
+    sampler = ClipSampler(7, 5)
+    a = [sampler.train_indices(300, np.random.default_rng(5)) for _ in range(2)]
+    b = sampler.train_indices(300, np.random.default_rng(6))
+    np.testing.assert_array_equal(a[0], a[1])
+    assert not np.array_equal(a[0], b)
+
+
+@pytest.mark.parametrize("args", [(0, 5), (7, 0), (7.0, 5)])
+def test_sampler_rejects_bad_sizes(args):
+    with pytest.raises(ValueError, match="must be an integer"):
+        ClipSampler(*args)
+
+
+def test_sampler_rejects_empty_video_and_repr():
+    sampler = ClipSampler(7, 5)
+    with pytest.raises(ValueError, match="num_frames"):
+        sampler.test_indices(0)
+    assert repr(sampler) == "ClipSampler(num_segments=7, frames_per_segment=5)"
+
+
+# ---- decoder -------------------------------------------------------------------------------
+
+def _video(levels: list[int], height: int, width: int) -> tuple[memoryview, np.ndarray]:
+    """JPEG frames of one grey level each, with a bright left column to see flips."""
+    jpegs = []
+    for level in levels:
+        image = np.full((height, width, 3), level, np.uint8)
+        image[:, :8] = 255
+        jpegs.append(simplejpeg.encode_jpeg(image, quality=95))
+    blob, offsets = pack_frames(jpegs)
+    return memoryview(blob), offsets
+
+
+def test_decoder_shape_channel_order_and_normalization():
+    levels = [20, 60, 100, 140, 180, 220]
+    blob, offsets = _video(levels, 64, 80)
+    decoder = ClipDecoder(short_side=64, crop=32)
+    indices = np.arange(6).reshape(2, 3)  # T=2 segments of N=3 frames
+    clip = decoder(decoder.decode(blob, offsets, indices), 2, top=16, left=40, flip=False)
+    assert clip.shape == (2, 9, 32, 32) and clip.dtype == np.float32
+    expected = [(level / 255 - np.asarray(MEAN)) / np.asarray(STD) for level in levels]
+    got = clip.reshape(2, 3, 3, 32, 32).mean(axis=(3, 4)).reshape(6, 3)
+    np.testing.assert_allclose(got, expected, atol=0.03)
+
+
+def test_decoder_flip_mirrors_and_rescales_short_side():
+    blob, offsets = _video([50], 48, 60)  # stored below the short side: scaled 48 -> 96 (×2)
+    decoder = ClipDecoder(short_side=96, crop=96)
+    frames = decoder.decode(blob, offsets, np.zeros((1, 1), np.int64))
+    assert frames[0].shape == (96, 120, 3)
+    plain = decoder(frames, 1, top=0, left=0, flip=False)
+    flipped = decoder(frames, 1, top=0, left=0, flip=True)
+    np.testing.assert_array_equal(flipped, plain[..., ::-1])
+    assert plain[0, 0, :, :10].mean() > plain[0, 0, :, -10:].mean() + 1  # bright column left
+
+
+def test_decoder_rejects_crop_larger_than_short_side():
+    with pytest.raises(ValueError, match="crop must be in 1..short_side=112, got 128"):
+        ClipDecoder(short_side=112, crop=128)
+
+
+# ---- loader on converted records -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cfg(tiny_records):
+    return load_config(DEMO, [f"data.root={tiny_records}", "data.num_workers=2"])
+
+
+def _ok_ids(cfg, split: str) -> list[str]:
+    table = read_manifest(Path(cfg.data.root) / split)
+    return [v for v, s in zip(table.column(VIDEO_ID).to_pylist(), table.column("status").to_pylist())
+            if s == STATUS_OK]
+
+
+def _batches(dataset) -> list[dict]:
+    return list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
+
+
+def test_training_batches_shape_dtype_and_normalization(cfg):
+    dataset = create_dataset(cfg, "train", training=True, epoch=0)
+    videos = len(_ok_ids(cfg, cfg.data.train_split))
+    assert dataset.get_dataset_size() == videos // cfg.data.batch_size
+    batches = _batches(dataset)
+    assert len(batches) == videos // cfg.data.batch_size
+    clip = batches[0][CLIP]
+    t, n, c = cfg.data.num_segments, cfg.data.frames_per_segment, cfg.data.crop_size
+    assert clip.shape == (cfg.data.batch_size, t, 3 * n, c, c) and clip.dtype == np.float32
+    assert batches[0][LABEL].dtype == np.int32
+    # Normalized pixels lie in [(0 - mean)/std, (1 - mean)/std].
+    assert clip.min() >= (0 - max(MEAN)) / min(STD) - 1e-5
+    assert clip.max() <= (1 - min(MEAN)) / min(STD) + 1e-5
+
+
+def test_training_is_deterministic_per_seed_and_epoch(cfg):
+    def first_batch(config, epoch):
+        return _batches(create_dataset(config, "train", training=True, epoch=epoch))[0]
+
+    a, b = first_batch(cfg, 0), first_batch(cfg, 0)
+    np.testing.assert_array_equal(a[CLIP], b[CLIP])
+    np.testing.assert_array_equal(a[LABEL], b[LABEL])
+    assert not np.array_equal(a[CLIP], first_batch(cfg, 1)[CLIP])
+    other_seed = load_config(DEMO, [f"data.root={cfg.data.root}", "seed=2"])
+    assert not np.array_equal(a[CLIP], first_batch(other_seed, 0)[CLIP])
+
+
+def test_eight_training_shards_partition_the_split(cfg):
+    ids = _ok_ids(cfg, cfg.data.train_split)
+    group = 8
+    for epoch in (0, 1):
+        seen = Counter()
+        orders = []
+        for rank in range(group):
+            rows = _batches(records(cfg, "train", training=True, rank=rank, group_size=group,
+                                    epoch=epoch))
+            assert len(rows) == -(-len(ids) // group)
+            orders.extend(str(r[VIDEO_ID]) for r in rows)
+            seen.update(str(r[VIDEO_ID]) for r in rows)
+        assert set(seen) == set(ids)
+        # MindDataset's rule when the count is not divisible: repeat just enough videos.
+        assert sum(seen.values()) - len(ids) == -len(ids) % group
+        if epoch == 0:
+            first_order = orders
+    assert orders != first_order  # reshuffled for the next epoch
+
+
+def test_eval_ranks_see_every_video_exactly_once(cfg):
+    ids = _ok_ids(cfg, cfg.data.val_split)
+    group = 8
+    assert len(ids) % group, "the tiny val split should not divide by 8 to exercise padding"
+    seen, pads, sizes = Counter(), 0, set()
+    for rank in range(group):
+        batches = _batches(create_dataset(cfg, "val", training=False, rank=rank, group_size=group))
+        sizes.add(sum(len(b[MASK]) for b in batches))
+        for b in batches:
+            real = b[MASK].astype(bool)
+            seen.update(str(v) for v in b[VIDEO_ID][real])
+            pads += int((~real).sum())
+            assert (b[CLIP][~real] == 0).all()
+    assert seen == Counter(ids)
+    assert pads == -len(ids) % group and len(sizes) == 1  # same number of rows on every rank
+
+
+def test_eval_multi_clip_shape_and_centre_crop_is_deterministic(cfg):
+    multi = load_config(DEMO, [f"data.root={cfg.data.root}", "test.clips=2", "test.segments=3"])
+    a, b = (_batches(create_dataset(multi, "val", training=False))[0] for _ in range(2))
+    s, n = multi.test.crop, multi.data.frames_per_segment
+    assert a[CLIP].shape == (len(a[MASK]), 2, 3, 3 * n, s, s)
+    np.testing.assert_array_equal(a[CLIP], b[CLIP])
+    assert a[MASK].all()
+
+
+def test_split_must_exist(cfg):
+    with pytest.raises(FileNotFoundError, match="split folder not found"):
+        create_dataset(cfg, "nope", training=False)
+    with pytest.raises(ValueError, match="rank must be in 0..7"):
+        create_dataset(cfg, "val", training=False, rank=8, group_size=8)
