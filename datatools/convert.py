@@ -1,0 +1,248 @@
+"""Kinetics CSV + video tree -> sharded MindRecord + manifest.parquet, resumable.
+
+Every CSV entry becomes one manifest row, ``ok`` or ``failed`` with a one-line reason; bad videos
+never stop the run. Each joblib task owns one shard end to end (decode, encode, write, verify,
+mark done), so no frame data passes through this process. Re-running the same command keeps the
+shards marked done and redoes the rest.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import joblib
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datatools import schema
+from datatools.cli import non_negative_int, positive_int, run_cli
+from datatools.kinetics import CsvEntry, find_video, read_csv
+from datatools.shards import (Settings, ShardTask, VideoTask, assign_shards, convert_shard,
+                              finished_rows, manifest_row, shard_paths)
+
+__all__ = ["ConvertResult", "plan_shards", "convert", "write_manifest", "summary_lines", "main"]
+
+log = logging.getLogger(__name__)
+
+NO_SHARD = -1           # manifest shard of entries that are never given to a worker
+PROGRESS_SECONDS = 5.0  # at most one progress line per this many seconds
+
+
+@dataclass
+class ConvertResult:
+    """Outcome of one run: the full manifest rows (CSV order) and what this run did."""
+
+    rows: list[dict]
+    shards_kept: int
+    shards_done: int
+    videos_converted: int
+    seconds: float
+    real_bytes: int
+    apparent_bytes: int
+
+
+def plan_shards(entries: list[CsvEntry], class_index: dict[str, int], videos_root: str | Path,
+                out_dir: str | Path, settings: Settings,
+                decode_threads: int = 0) -> tuple[list[ShardTask], list[dict]]:
+    """Shard tasks plus the rows that fail before any decoding (unknown label, duplicate id).
+
+    Assignment depends only on the CSV and the labels (not on which files exist), so a resumed
+    run sees the same shards.
+    """
+    pre_failed, assignable, first_line = [], [], {}
+    for order, e in enumerate(entries):
+        label = class_index.get(e.label, -1)
+        task = VideoTask(order, e.video_id, label, e.label, "")
+        if label < 0:
+            pre_failed.append(manifest_row(task, NO_SHARD, f"unknown label: {e.label!r} is not in "
+                                                           f"the label file"))
+        elif e.video_id in first_line:
+            pre_failed.append(manifest_row(task, NO_SHARD, f"duplicate video_id: first at CSV line "
+                                                           f"{first_line[e.video_id]}"))
+        else:
+            first_line[e.video_id] = e.line
+            source = find_video(videos_root, e)
+            assignable.append(VideoTask(order, e.video_id, label, e.label, str(source or "")))
+    shard_of = assign_shards([v.label for v in assignable], settings.videos_per_shard, settings.seed)
+    per_shard: dict[int, list[VideoTask]] = {}
+    for v, shard in zip(assignable, shard_of):
+        per_shard.setdefault(shard, []).append(v)
+    tasks = [ShardTask(i, str(out_dir), tuple(videos), settings, decode_threads)
+             for i, videos in sorted(per_shard.items())]
+    return tasks, pre_failed
+
+
+def convert(csv_path: str | Path, videos_root: str | Path, labels_path: str | Path,
+            out_dir: str | Path, settings: Settings, workers: int = 1, backend: str = "loky",
+            decode_threads: int = 0) -> ConvertResult:
+    """Convert one split; see the module docstring. Raises ValueError/FileNotFoundError for
+    unusable inputs before anything is written."""
+    _check_settings(settings)
+    if not Path(videos_root).is_dir():
+        raise FileNotFoundError(f"--videos folder not found: {videos_root}")
+    if not Path(labels_path).is_file():
+        raise FileNotFoundError(f"--labels file not found: {labels_path}")
+    names = schema.read_labels(labels_path)
+    entries = read_csv(csv_path)
+    if not entries:
+        raise ValueError(f"{csv_path}: no rows to convert")
+    out_dir = Path(out_dir)
+    tasks, pre_failed = plan_shards(entries, {n: i for i, n in enumerate(names)}, videos_root,
+                                    out_dir, settings, decode_threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, todo = list(pre_failed), []
+    for task in tasks:
+        kept = finished_rows(task)
+        if kept is None:
+            todo.append(task)
+        else:
+            rows.extend(kept)
+    total = sum(len(t.videos) for t in todo)
+    log.info("%d videos in %d shards: %d shards already done, converting %d videos in %d shards "
+             "with %d worker(s) (%s)", len(entries) - len(pre_failed), len(tasks),
+             len(tasks) - len(todo), total, len(todo), workers, backend)
+    start = time.perf_counter()
+    progress = _Progress(total, start)
+    if todo:
+        with joblib.parallel_config(backend=backend, n_jobs=workers):
+            results = joblib.Parallel(return_as="generator_unordered")(
+                joblib.delayed(convert_shard)(t) for t in todo)
+            for shard_rows in results:
+                rows.extend(shard_rows)
+                progress.update(len(shard_rows))
+    seconds = time.perf_counter() - start
+    rows.sort(key=lambda r: r["order"])
+    write_manifest(rows, out_dir, settings, csv_path, labels_path)
+    real, apparent = _disk_bytes(out_dir, tasks)
+    return ConvertResult(rows, len(tasks) - len(todo), len(todo), total, seconds, real, apparent)
+
+
+def _check_settings(s: Settings) -> None:
+    if not 1 <= s.quality <= 100:
+        raise ValueError(f"--quality must be in 1..100, got {s.quality}")
+    if s.short_side < 0:
+        raise ValueError(f"--short-side must be >= 0 (0 keeps the source size), got {s.short_side}")
+    if s.max_fps is not None and not (s.max_fps > 0 and math.isfinite(s.max_fps)):
+        raise ValueError(f"--max-fps must be a positive number, got {s.max_fps}")
+    if s.videos_per_shard < 1:
+        raise ValueError(f"--videos-per-shard must be >= 1, got {s.videos_per_shard}")
+
+
+class _Progress:
+    """Videos done / total, rate and ETA, at most one line per PROGRESS_SECONDS."""
+
+    def __init__(self, total: int, start: float) -> None:
+        self.total, self.start, self.done, self.last = total, start, 0, start
+
+    def update(self, count: int) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_SECONDS and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        log.info("%d/%d videos (%.0f%%), %.1f videos/s, ETA %.0f s", self.done, self.total,
+                 100.0 * self.done / max(self.total, 1), rate, eta)
+
+
+def write_manifest(rows: list[dict], out_dir: Path, settings: Settings, csv_path: str | Path,
+                   labels_path: str | Path) -> Path:
+    """manifest.parquet with the schema version and settings in its metadata (atomic replace)."""
+    columns = {f.name: [r[f.name] for r in rows] for f in schema.MANIFEST_SCHEMA}
+    meta = {**asdict(settings), "csv": str(csv_path), "labels": str(labels_path)}
+    table = pa.Table.from_pydict(columns, schema=schema.MANIFEST_SCHEMA).replace_schema_metadata({
+        schema.META_SCHEMA_VERSION: str(schema.SCHEMA_VERSION).encode(),
+        schema.META_SETTINGS: json.dumps(meta).encode()})
+    path = out_dir / schema.MANIFEST_NAME
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _disk_bytes(out_dir: Path, tasks: list[ShardTask]) -> tuple[int, int]:
+    """(allocated, apparent) bytes of the shard files: MindRecord files are sparse."""
+    real = apparent = 0
+    for t in tasks:
+        for key in ("record", "db"):
+            path = shard_paths(out_dir, t.index)[key]
+            if path.is_file():
+                st = path.stat()
+                real += st.st_blocks * 512
+                apparent += st.st_size
+    return real, apparent
+
+
+def summary_lines(result: ConvertResult) -> list[str]:
+    """The end-of-run table: ok / failed by reason kind, bytes, rate."""
+    ok = [r for r in result.rows if r["status"] == schema.STATUS_OK]
+    kinds = Counter(r["reason"].split(":")[0] for r in result.rows if r["status"] != schema.STATUS_OK)
+    lines = [f"{'status':<8} {'reason':<28} {'videos':>8}", f"{'ok':<8} {'':<28} {len(ok):>8}"]
+    lines += [f"{'failed':<8} {kind:<28} {n:>8}" for kind, n in sorted(kinds.items())]
+    jpeg = sum(r["bytes"] for r in ok)
+    frames = sum(r["num_frames"] for r in ok)
+    rate = result.videos_converted / result.seconds if result.seconds > 0 else 0.0
+    lines += [
+        f"jpeg bytes {jpeg / 1e6:.2f} MB; on disk {result.real_bytes / 1e6:.2f} MB allocated, "
+        f"{result.apparent_bytes / 1e6:.2f} MB apparent (sparse MindRecord pages)",
+        f"bytes/video {jpeg / max(len(ok), 1):.0f}; bytes/frame {jpeg / max(frames, 1):.0f}; "
+        f"frames/video {frames / max(len(ok), 1):.1f}",
+        f"shards: {result.shards_done} converted, {result.shards_kept} kept from an earlier run; "
+        f"{result.videos_converted} videos in {result.seconds:.1f} s = {rate:.1f} videos/s",
+    ]
+    return lines
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m datatools.convert", description=__doc__.split("\n")[0])
+    p.add_argument("--csv", required=True, type=Path, help="Kinetics CSV of the split")
+    p.add_argument("--videos", required=True, type=Path, help="video root (<root>/<label>/<id>.mp4)")
+    p.add_argument("--labels", required=True, type=Path, help="labels.txt from datatools.labels")
+    p.add_argument("--out", required=True, type=Path, help="output folder of the split")
+    p.add_argument("--short-side", type=int, default=256,
+                   help="resize the short side to this (never up); 0 keeps the source size")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
+    p.add_argument("--max-fps", type=float, default=None, help="drop frames above this rate")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel shard tasks")
+    p.add_argument("--videos-per-shard", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="shard assignment seed")
+    p.add_argument("--backend", default="loky",
+                   help="joblib backend: loky (default), threading, multiprocessing, or dask "
+                        "(a cluster writing onto shared storage)")
+    p.add_argument("--decode-threads", type=non_negative_int, default=0,
+                   help="PyAV decoder threads per worker (0: FFmpeg decides)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    _check_backend(args.backend)
+    settings = Settings(short_side=args.short_side, quality=args.quality, max_fps=args.max_fps,
+                        videos_per_shard=args.videos_per_shard, seed=args.seed)
+    result = convert(args.csv, args.videos, args.labels, args.out, settings, workers=args.workers,
+                     backend=args.backend, decode_threads=args.decode_threads)
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
+def _check_backend(name: str) -> None:
+    """Reject backend names joblib does not know, before anything is written.
+
+    joblib registers ``dask`` itself when dask.distributed is installed; other cluster backends
+    (e.g. ray's ``register_ray()``) must be registered by a wrapper script calling ``main``.
+    """
+    known = sorted(set(joblib.parallel.BACKENDS) | set(joblib.parallel.EXTERNAL_BACKENDS))
+    if name not in known:
+        raise ValueError(f"--backend must be one of {known}, got {name!r}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,50 @@
+"""Kinetics CSV -> label file (``<class name> <idx>`` per line, names sorted), as the reference's
+generate_label.py wrote it; the trainer reads it with ``datatools.schema.read_labels``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Iterable
+
+from datatools.cli import run_cli
+from datatools.kinetics import read_csv
+
+__all__ = ["class_names", "write_labels", "main"]
+
+
+def class_names(labels: Iterable[str]) -> list[str]:
+    """Sorted unique class names; the index in this list is the class index."""
+    names = sorted(set(labels))
+    bad = [n for n in names if "\n" in n or "\r" in n or n != n.strip()]
+    if bad:
+        raise ValueError(f"class names must be one line without outer spaces, got {bad[:3]}")
+    return names
+
+
+def write_labels(names: list[str], path: str | Path) -> Path:
+    """Write ``<name> <idx>`` lines; the parent folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name} {i}\n" for i, name in enumerate(names)), encoding="utf-8")
+    return path
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m datatools.labels", description=__doc__.split("\n")[0])
+    p.add_argument("csv", type=Path, help="Kinetics CSV (label,youtube_id,time_start,time_end,split)")
+    p.add_argument("out", type=Path, help="label file to write, e.g. records/kinetics400/labels.txt")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    names = class_names(e.label for e in read_csv(args.csv))
+    if not names:
+        raise ValueError(f"{args.csv}: no rows, so no classes")
+    write_labels(names, args.out)
+    print(f"wrote {len(names)} classes to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
