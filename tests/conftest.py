@@ -1,0 +1,70 @@
+"""Shared fixtures: one tiny converted dataset per test session, built by the real pipeline."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from datatools import schema
+from datatools.convert import convert
+from datatools.kinetics import read_csv
+from datatools.labels import class_names, write_labels
+from datatools.shards import Settings
+from datatools.synth import SynthSpec, make_dataset
+
+TINY_CLASSES = 4
+TINY_TRAIN_PER_CLASS = 4     # 16 train videos: divisible by the demo batch size 4
+TINY_VAL_PER_CLASS = 3       # 12 val videos: not divisible by 8, exercises eval padding
+TINY_SPEC = SynthSpec(num_frames=16, width=160, height=120)
+TINY_SHORT_SIDE = 112        # configs/demo.yaml data.short_side: stored 149x112
+TINY_VIDEOS_PER_SHARD = 5    # several shards per split
+
+
+@dataclass(frozen=True)
+class TinyRecords:
+    """A converted synthetic dataset; ``str()``/``os.fspath()`` give its root (``data.root``).
+
+    root holds ``labels.txt``, ``train/`` and ``val/`` (shards + manifest.parquet); ``source``
+    holds the synthetic videos and CSVs they were converted from.
+    """
+
+    root: Path
+    source: Path
+    train_csv: Path
+    val_csv: Path
+    labels: Path
+    num_classes: int
+    num_frames: int
+    short_side: int
+    settings: Settings
+
+    def split(self, name: str) -> Path:
+        return self.root / name
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+
+def build_tiny_records(base: Path) -> TinyRecords:
+    """synth -> labels -> convert train and val, in-process (one worker) for speed."""
+    source, root = base / "source", base / "records"
+    train_csv, val_csv = make_dataset(source, TINY_CLASSES, TINY_TRAIN_PER_CLASS, TINY_VAL_PER_CLASS,
+                                      seed=0, spec=TINY_SPEC)
+    labels = write_labels(class_names(e.label for e in read_csv(train_csv)), root / schema.LABELS_NAME)
+    settings = Settings(short_side=TINY_SHORT_SIDE, quality=90, max_fps=None,
+                        videos_per_shard=TINY_VIDEOS_PER_SHARD, seed=0)
+    for split, csv_path in (("train", train_csv), ("val", val_csv)):
+        convert(csv_path, source / "videos", labels, root / split, settings, workers=1)
+    return TinyRecords(root, source, train_csv, val_csv, labels, TINY_CLASSES, TINY_SPEC.num_frames,
+                       TINY_SHORT_SIDE, settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tmp_path_factory) -> TinyRecords:
+    """4 classes, 16 train + 12 val videos of 16 frames (160x120 stored at 149x112), 4+3 shards."""
+    return build_tiny_records(tmp_path_factory.mktemp("tiny_records"))
+
