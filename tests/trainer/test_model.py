@@ -1,0 +1,194 @@
+"""StNet: shapes for any T/N/H/W, parameter counts derived from layer shapes, gradients, export."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.model import StNet, count_parameters
+
+import mindspore as ms  # noqa: E402  (after trainer: it caps oneDNN's ISA before the first kernel)
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+R50_BLOCKS = (3, 4, 6, 3)
+
+
+def expected_counts(frames_per_segment: int, num_classes: int, width: int,
+                    depthwise: bool) -> tuple[int, int]:
+    """(trainable, tensors) of StNet-R50 counted by hand from the architecture in DESIGN.md §4.
+
+    A BN layer has 2 trainable vectors and 4 tensors (with the moving statistics).
+    """
+    params = 3 * frames_per_segment * width * 49 + 2 * width
+    tensors = 1 + 4
+    cin = width
+    for stage, num_blocks in enumerate(R50_BLOCKS):
+        c = width * 2 ** stage
+        for block in range(num_blocks):
+            params += cin * c + 2 * c + c * c * 9 + 2 * c + c * 4 * c + 2 * 4 * c
+            tensors += 3 + 3 * 4
+            if block == 0:
+                params += cin * 4 * c + 2 * 4 * c
+                tensors += 1 + 4
+            cin = 4 * c
+    for c in (8 * width, 16 * width):          # temporal blocks: Conv3d (3,1,1) with bias, BN3d
+        params += c * c * 3 + c + 2 * c
+        tensors += 2 + 4
+    f, h = 32 * width, 16 * width              # Xception head: 2048 → 1024 at width 64
+    temporal = (lambda c: c * 3 + c) if depthwise else (lambda c: c * c * 3 + c)
+    params += 2 * f + temporal(f) + (f * h + h) + 2 * h + temporal(h) + (h * h + h) + (f * h + h) + 2 * h
+    tensors += 4 + 2 + 2 + 4 + 2 + 2 + 2 + 4
+    params += h * num_classes + num_classes
+    tensors += 2
+    return params, tensors
+
+
+@pytest.fixture(params=["pynative", "graph"])
+def mode(request):
+    ms.set_context(mode=ms.PYNATIVE_MODE if request.param == "pynative" else ms.GRAPH_MODE)
+    yield request.param
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+@pytest.fixture
+def pynative():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+def _clip(batch: int, t: int, n: int, h: int, w: int, seed: int = 0) -> ms.Tensor:
+    return ms.Tensor(np.random.default_rng(seed).standard_normal((batch, t, 3 * n, h, w), np.float32))
+
+
+@pytest.mark.parametrize("t,n,h,w,width", [
+    (4, 3, 112, 112, 64),        # full width
+    (7, 5, 224, 224, 16),        # the reference recipe's clip
+    (25, 5, 256, 256, 8),        # Paddle's test protocol: 25 segments, 256 crops
+    (3, 2, 48, 80, 8),           # non-square
+])
+def test_output_shape(pynative, t, n, h, w, width):
+    net = StNet(num_classes=11, frames_per_segment=n, width=width)
+    net.set_train(False)
+    out = net(_clip(1, t, n, h, w))
+    assert out.shape == (1, 11)
+    assert np.isfinite(out.asnumpy()).all()
+
+
+def test_graph_and_pynative_agree_and_batch_is_independent():
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = StNet(num_classes=5, frames_per_segment=2, width=4, xception="dense")
+    net.set_train(False)
+    clip = _clip(3, 3, 2, 32, 32)
+    eager = net(clip).asnumpy()
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        graph = net(clip).asnumpy()
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    np.testing.assert_allclose(graph, eager, rtol=1e-4, atol=1e-5)
+    single = net(clip[1:2]).asnumpy()
+    np.testing.assert_allclose(single, eager[1:2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("xception,depthwise", [("depthwise", True), ("dense", False)])
+def test_parameter_counts_r50_400_classes(xception, depthwise):
+    net = StNet(num_classes=400, frames_per_segment=5, depth=50, width=64, xception=xception)
+    counted = count_parameters(net)
+    print(f"StNet-R50 {xception}: params={counted[0]} tensors={counted[1]}")
+    assert counted == expected_counts(5, 400, 64, depthwise)
+    assert counted[1] == 301                   # the model zoo's "Parameters: 301"
+
+
+def test_deeper_backbones_add_blocks():
+    counts = {d: count_parameters(StNet(10, 2, depth=d, width=4)) for d in (50, 101, 152)}
+    assert counts[50][1] < counts[101][1] < counts[152][1]
+    # 101 adds 17 bottlenecks to layer3, each 3 convs and 3 BNs (15 tensors)
+    assert counts[101][1] - counts[50][1] == 17 * 15
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"depth": 34}, r"depth must be one of \(50, 101, 152\), got 34"),
+    ({"xception": "separable"}, r"xception must be one of \('depthwise', 'dense'\), got 'separable'"),
+    ({"width": 0}, "width must be a positive integer, got 0"),
+    ({"frames_per_segment": 0}, "frames_per_segment must be a positive integer, got 0"),
+])
+def test_bad_arguments_name_allowed_values(kwargs, match):
+    args = {"num_classes": 4, "frames_per_segment": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        StNet(**args)
+
+
+@pytest.mark.parametrize("xception", ["depthwise", "dense"])
+def test_gradient_reaches_every_parameter(mode, xception):
+    net = StNet(num_classes=4, frames_per_segment=2, width=4, xception=xception)
+    net.set_train(True)
+    loss_fn = ms.nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    params = net.trainable_params()
+
+    def loss(clip, label):
+        return loss_fn(net(clip), label)
+
+    grad_fn = ms.value_and_grad(loss, None, params)
+    value, grads = grad_fn(_clip(2, 3, 2, 32, 32), ms.Tensor(np.array([1, 3], np.int32)))
+    assert np.isfinite(value.asnumpy())
+    dead = [p.name for p, g in zip(params, grads) if not np.any(g.asnumpy() != 0)]
+    assert not dead, f"no gradient reaches {dead}"
+    assert all(np.isfinite(g.asnumpy()).all() for g in grads)
+
+
+def test_exports_to_mindir_static_and_dynamic_batch(tmp_path):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        net = StNet(num_classes=5, frames_per_segment=2, width=4)
+        net.set_train(False)
+        clip = _clip(3, 3, 2, 32, 32, seed=1)
+        expected = net(clip).asnumpy()
+        ms.export(net, clip[:1], file_name=str(tmp_path / "one"), file_format="MINDIR")
+        ms.export(net, ms.Tensor(shape=[None, 3, 6, 32, 32], dtype=ms.float32),
+                  file_name=str(tmp_path / "dyn"), file_format="MINDIR")
+        one = ms.nn.GraphCell(ms.load(str(tmp_path / "one.mindir")))
+        dyn = ms.nn.GraphCell(ms.load(str(tmp_path / "dyn.mindir")))
+        np.testing.assert_allclose(one(clip[:1]).asnumpy(), expected[:1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dyn(clip).asnumpy(), expected, rtol=1e-5, atol=1e-6)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+@pytest.mark.parametrize("xception", ["depthwise", "dense"])
+def test_exports_to_onnx_matching_onnxruntime(tmp_path, xception):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        net = StNet(num_classes=5, frames_per_segment=2, width=4, xception=xception)
+        net.set_train(False)
+        clip = _clip(1, 3, 2, 32, 32, seed=2)
+        expected = net(clip).asnumpy()
+        ms.export(net, clip, file_name=str(tmp_path / "net"), file_format="ONNX")
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    session = ort.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: clip.asnumpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer.model", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_layer_table_and_model_zoo_counts():
+    done = _cli("--config", "configs/stnet_r50_k400.yaml", "model.xception=dense")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    params, tensors = expected_counts(5, 400, 64, depthwise=False)
+    assert lines[-1] == f"params={params} tensors={tensors}"
+    assert tensors == 301
+    assert any(line.startswith("xception.att_conv ") and "(2048, 2048, 3, 1)" in line for line in lines)
+
+
+def test_cli_rejects_bad_value_in_one_line():
+    done = _cli("--config", "configs/demo.yaml", "model.depth=34")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: depth must be one of (50, 101, 152), got 34"
