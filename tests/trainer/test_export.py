@@ -1,0 +1,126 @@
+"""trainer.export on a freshly initialized tiny StNet: real MINDIR/ONNX files, reloaded and run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from datatools.schema import read_labels
+from trainer.config import load_config
+from trainer.export import export_network, input_shape, parse_batch
+from trainer.exported import metadata_path, read_metadata, sha256_file
+from trainer.model import create_model
+from trainer.runtime import init_runtime
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["model.width=8"]
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_records):
+    cfg = load_config(REPO / "configs/demo.yaml", TINY + [f"data.root={tiny_records.root}"])
+    init_runtime(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def net(cfg):
+    ms.set_seed(0)
+    net = create_model(cfg)
+    net.set_train(False)
+    return net
+
+
+@pytest.fixture(scope="module")
+def clips(cfg):
+    shape = input_shape(cfg, 3)
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def _graph(path: Path) -> ms.nn.GraphCell:
+    return ms.nn.GraphCell(ms.load(str(path)))
+
+
+def test_mindir_round_trip_is_exact(cfg, net, clips, tmp_path):
+    path = export_network(net, cfg, "MINDIR", batch=1, out_dir=tmp_path, checkpoint="fresh.ckpt")
+    assert path == tmp_path / "stnet_b1.mindir"
+    one = ms.Tensor(clips[:1])
+    np.testing.assert_array_equal(_graph(path)(one).asnumpy(), net(one).asnumpy())
+
+
+def test_metadata_describes_the_file(cfg, net, tiny_records, tmp_path):
+    path = export_network(net, cfg, "MINDIR", batch=1, out_dir=tmp_path, checkpoint="fresh.ckpt")
+    meta = json.loads(metadata_path(path).read_text())
+    assert meta["sha256"] == sha256_file(path)
+    assert meta["bytes"] == path.stat().st_size
+    assert meta["input_shape"] == [1, 4, 9, 96, 96]  # demo: T=4, N=3, crop 96
+    assert meta["classes"] == read_labels(tiny_records.labels)
+    assert meta["config"]["model"]["width"] == 8
+    assert meta["checkpoint"] == "fresh.ckpt"
+
+
+def test_dynamic_batch_runs_one_and_three(cfg, net, clips, tmp_path):
+    path = export_network(net, cfg, "MINDIR", batch=None, out_dir=tmp_path)
+    assert read_metadata(path)["input_shape"][0] is None
+    graph = _graph(path)
+    for batch in (1, 3):
+        x = ms.Tensor(clips[:batch])
+        out = graph(x).asnumpy()
+        assert out.shape == (batch, cfg.model.num_classes)
+        np.testing.assert_array_equal(out, net(x).asnumpy())
+
+
+def test_onnx_matches_onnxruntime(cfg, net, clips, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    path = export_network(net, cfg, "ONNX", batch=1, out_dir=tmp_path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: clips[:1]})[0]
+    want = net(ms.Tensor(clips[:1])).asnumpy()
+    # A fresh net's logits reach ~1e3 (BN still has unit statistics): 1e-4 of that scale.
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_onnx_refuses_dynamic_batch(cfg, net, tmp_path):
+    with pytest.raises(ValueError, match="dynamic"):
+        export_network(net, cfg, "ONNX", batch=None, out_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "two", ""])
+def test_bad_batch_is_rejected(text):
+    with pytest.raises(ValueError, match="--batch"):
+        parse_batch(text)
+
+
+def test_parse_batch():
+    assert parse_batch("dynamic") is None
+    assert parse_batch("4") == 4
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "trainer.export", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_air_off_ascend_is_one_line_error(tmp_path):
+    ckpt = tmp_path / "none.ckpt"
+    ckpt.write_bytes(b"")
+    done = _cli("--config", "configs/demo.yaml", "--ckpt", str(ckpt), "--format", "AIR",
+                "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --format AIR needs device_target=Ascend (MindSpore writes AIR only on Ascend), "
+        "got 'CPU'; use MINDIR or ONNX here"]
+
+
+def test_missing_checkpoint_is_one_line_error(tmp_path):
+    done = _cli("--config", "configs/demo.yaml", "--ckpt", str(tmp_path / "gone.ckpt"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: --ckpt not found: {tmp_path / 'gone.ckpt'}"

@@ -1,0 +1,161 @@
+"""Export a trained StNet for inference: MINDIR anywhere, AIR on Ascend, ONNX for other runtimes.
+
+    python -m trainer.export --config configs/demo.yaml --ckpt runs/demo/best.ckpt --format MINDIR
+
+The graph takes one batch of test clips (B, T, 3N, S, S) float32 as the config's test protocol
+makes them (T = test.segments, N = data.frames_per_segment, S = test.crop) and returns logits
+(B, num_classes). With test.clips = K > 1 the graph still scores single clips: a video's K clips
+are run one by one and their softmax averaged (as trainer.eval and trainer.infer310.postprocess
+do), so one exported file serves every K. ``<file>.json`` beside the export records the resolved
+config, the input shape (batch null when dynamic), the class names and the file's sha256, so a
+deployment can check it runs the graph it was given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import mindspore as ms
+from mindspore import nn
+
+from datatools.schema import LABELS_NAME, read_labels
+from trainer.checkpoint import load_weights
+from trainer.cli import run_cli
+from trainer.config import Config, config_from_args, config_parser
+from trainer.exported import DYNAMIC, FORMATS, export_path, metadata_path, sha256_file
+from trainer.runtime import init_runtime, setup_logging
+
+__all__ = ["parse_batch", "input_shape", "export_network", "main"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = "export"
+
+
+def parse_batch(text: str) -> int | None:
+    """``--batch``: a positive clip count, or ``dynamic`` (None: any batch at run time)."""
+    if text == DYNAMIC:
+        return None
+    try:
+        batch = int(text)
+    except ValueError:
+        batch = 0
+    if batch < 1:
+        raise ValueError(f"--batch must be a positive integer or {DYNAMIC!r}, got {text!r}")
+    return batch
+
+
+def input_shape(cfg: Config, batch: int | None) -> tuple[int | None, int, int, int, int]:
+    """(B, T, 3N, S, S) of the test protocol; B None means dynamic."""
+    crop = cfg.test.crop
+    return (batch, cfg.test.segments, 3 * cfg.data.frames_per_segment, crop, crop)
+
+
+def _check_request(cfg: Config, fmt: str, batch: int | None) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {tuple(FORMATS)}, got {fmt!r}")
+    if fmt == "AIR" and cfg.device_target != "Ascend":
+        raise ValueError(f"--format AIR needs device_target=Ascend (MindSpore writes AIR only on "
+                         f"Ascend), got {cfg.device_target!r}; use MINDIR or ONNX here")
+    if fmt == "ONNX" and batch is None:
+        raise ValueError(f"--batch {DYNAMIC} is not supported for ONNX (MindSpore's ONNX exporter "
+                         f"needs static shapes); give a fixed --batch such as 1")
+
+
+def _class_names(cfg: Config) -> list[str] | None:
+    labels = Path(cfg.data.root) / LABELS_NAME
+    return read_labels(labels) if labels.is_file() else None
+
+
+def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1,
+                   out_dir: str | Path = DEFAULT_OUT, checkpoint: str | Path | None = None) -> Path:
+    """Export ``net`` (weights already loaded) and write its metadata JSON; returns the file.
+
+    Parameters
+    ----------
+    net : nn.Cell
+        StNet taking (B, T, 3N, S, S) float32.
+    cfg : Config
+        Gives the input shape (``test.*``, ``data.frames_per_segment``), the class names
+        (``data.root``/labels.txt when present) and is stored in the JSON.
+    fmt : str
+        ``MINDIR`` | ``AIR`` (Ascend only) | ``ONNX`` (fixed batch only).
+    batch : int or None
+        Clips per call; None exports a dynamic batch (MINDIR, AIR).
+    out_dir : path
+        Folder for ``stnet_<b1|dynamic>.<ext>`` and its ``.json``; created if missing.
+    checkpoint : path, optional
+        Recorded in the JSON.
+    """
+    _check_request(cfg, fmt, batch)
+    shape = input_shape(cfg, batch)
+    path = export_path(out_dir, fmt, batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net.set_train(False)
+    start = time.perf_counter()
+    ms.export(net, ms.Tensor(shape=list(shape), dtype=ms.float32),
+              file_name=str(path.with_suffix("")), file_format=fmt)
+    seconds = time.perf_counter() - start
+    if not path.is_file():
+        raise FileNotFoundError(f"MindSpore reported no error but wrote no {path}")
+    meta = {
+        "format": fmt,
+        "file": path.name,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "input_shape": list(shape),
+        "input_dtype": "float32",
+        "output": ["batch", cfg.model.num_classes],
+        "clips_per_video": cfg.test.clips,
+        "classes": _class_names(cfg),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "mindspore": ms.__version__,
+        "config": cfg.to_dict(),
+    }
+    metadata_path(path).write_text(json.dumps(meta, indent=2) + "\n")
+    logger.info("exported %s (%s, input %s, %.1f MB) in %.1f s", path, fmt, list(shape),
+                meta["bytes"] / 1e6, seconds)
+    return path
+
+
+def _default_ckpt(cfg: Config) -> Path:
+    return Path(cfg.train.output_dir) / cfg.name / "best.ckpt"
+
+
+def main(args: argparse.Namespace) -> Path:
+    cfg = config_from_args(args)
+    batch = parse_batch(args.batch)
+    _check_request(cfg, args.format, batch)  # before the slow network build
+    ckpt = Path(args.ckpt) if args.ckpt else _default_ckpt(cfg)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--ckpt not found: {ckpt}")
+    rank, _ = init_runtime(cfg)
+    setup_logging(rank)
+    from trainer.model import create_model  # heavy; after the cheap checks
+    net = create_model(cfg)
+    load_weights(net, ckpt)
+    out_dir = Path(args.out) if args.out else Path(DEFAULT_OUT) / cfg.name
+    path = export_network(net, cfg, args.format, batch=batch, out_dir=out_dir, checkpoint=ckpt)
+    meta = json.loads(metadata_path(path).read_text())
+    print(f"exported {path} format={meta['format']} input={meta['input_shape']} "
+          f"bytes={meta['bytes']} sha256={meta['sha256'][:16]}", flush=True)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = config_parser("Export a StNet checkpoint for inference (MINDIR, AIR on Ascend, ONNX) "
+                           "with a JSON of config, input shape, classes and checksum beside it.")
+    parser.add_argument("--ckpt", help="checkpoint (default: <train.output_dir>/<name>/best.ckpt)")
+    parser.add_argument("--format", default="MINDIR", choices=tuple(FORMATS),
+                        help="MINDIR (any device), AIR (Ascend only), ONNX (fixed batch)")
+    parser.add_argument("--batch", default="1",
+                        help=f"clips per call: a positive integer or {DYNAMIC!r} (default 1)")
+    parser.add_argument("--out", help=f"output folder (default: {DEFAULT_OUT}/<name>)")
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(build_parser(), main))
