@@ -90,7 +90,8 @@ def iter_frames(path: str | Path, max_fps: float | None = None, threads: int = 0
                     last_slot = slot
                     yield fps, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as exc:
-            raise VideoError(f"decode error after {decoded} frames: {_one_line(exc)}") from None
+            kind = "no frames decoded" if decoded == 0 else f"decode error after {decoded} frames"
+            raise VideoError(f"{kind}: {_one_line(exc)}") from None
         if decoded == 0:
             raise VideoError("no frames decoded")
         if stream.frames and decoded < stream.frames - TRUNCATION_TOLERANCE:
@@ -110,5 +111,6 @@ def encode_video(path: str | Path, short_side: int, quality: int, max_fps: float
     return EncodedVideo(jpegs, fps, src[0], src[1], size[0], size[1])
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+def _one_line(exc: av.error.FFmpegError) -> str:
+    """FFmpeg's message without errno and path (the manifest row names the source already)."""
+    return " ".join(str(exc.strerror or exc).split())

@@ -1,0 +1,121 @@
+"""datatools.convert end to end on real files: bad inputs, read-back with MindDataset, CLI errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+
+import mindspore.dataset as ds
+import numpy as np
+import pytest
+import simplejpeg
+
+from datatools import schema
+from datatools.convert import convert, summary_lines
+from datatools.shards import Settings
+from tests.datatools import bad_videos
+
+SETTINGS = Settings(short_side=32, quality=85, max_fps=None, videos_per_shard=3, seed=0)
+
+
+def read_split(split_dir) -> list[dict]:
+    """Every sample of a split through MindDataset, as the trainer reads it."""
+    files = schema.ok_shard_paths(split_dir)
+    dataset = ds.MindDataset(files, columns_list=schema.RECORD_COLUMNS, shuffle=False)
+    return list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
+
+
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory):
+    """A split holding every bad input the issue names next to good videos, converted once."""
+    base = tmp_path_factory.mktemp("bad_run")
+    videos = base / "videos"
+    rows = [("walk", "good1", bad_videos.good), ("walk", "good2", bad_videos.good),
+            ("run", "good3", bad_videos.good), ("run", "missing", None),
+            ("run", "zero", bad_videos.zero_bytes), ("walk", "random", bad_videos.random_bytes),
+            ("walk", "trunc", lambda p: bad_videos.truncated(p, faststart=True)),
+            ("run", "truncmoov", lambda p: bad_videos.truncated(p, faststart=False)),
+            ("run", "audio", bad_videos.audio_only), ("walk", "noframes", bad_videos.no_frames),
+            ("swim", "unknown", bad_videos.good), ("walk", "good1", bad_videos.good)]
+    lines = ["label,youtube_id,time_start,time_end,split"]
+    for label, ytid, make in rows:
+        if make is not None:
+            make(videos / label / f"{ytid}_000000_000010.mp4")
+        lines.append(f"{label},{ytid},0,10,train")
+    (base / "train.csv").write_text("\n".join(lines) + "\n")
+    (base / "labels.txt").write_text("run 0\nwalk 1\n")
+    result = convert(base / "train.csv", videos, base / "labels.txt", base / "out", SETTINGS)
+    return base, result
+
+
+def test_every_bad_input_is_a_failed_row_with_a_reason(bad_run):
+    base, result = bad_run
+    table = schema.read_manifest(base / "out")
+    rows = table.to_pylist()
+    assert len(rows) == 12 and [r["video_id"].split("_")[0] for r in rows][:3] == ["good1", "good2", "good3"]
+    reasons = {r["video_id"].split("_")[0] + ("#2" if i == 11 else ""): r["reason"]
+               for i, r in enumerate(rows) if r["status"] == schema.STATUS_FAILED}
+    assert reasons["missing"] == "missing file"
+    assert reasons["zero"] == "empty file: 0 bytes"
+    assert reasons["random"].startswith("cannot open: ")
+    assert reasons["trunc"].startswith("truncated: decoded ")
+    assert reasons["truncmoov"] in ("no video stream", "cannot open: Invalid data found when processing input")
+    assert reasons["audio"] == "no video stream"
+    assert reasons["noframes"].startswith("no frames decoded")
+    assert reasons["unknown"] == "unknown label: 'swim' is not in the label file"
+    assert reasons["good1#2"] == "duplicate video_id: first at CSV line 2"
+    assert len(reasons) == 9 and all("\n" not in r for r in reasons.values())
+    assert {r["shard"] for r in rows if r["reason"].startswith(("unknown", "duplicate"))} == {-1}
+    summary = "\n".join(summary_lines(result))
+    assert "ok" in summary and "missing file" in summary and "unknown label" in summary
+
+
+def test_ok_rows_are_read_back_by_minddataset(bad_run):
+    base, _ = bad_run
+    ok = [r for r in schema.read_manifest(base / "out").to_pylist() if r["status"] == schema.STATUS_OK]
+    samples = read_split(base / "out")
+    assert Counter(str(s[schema.VIDEO_ID]) for s in samples) == Counter(r["video_id"] for r in ok)
+    by_id = {r["video_id"]: r for r in ok}
+    for s in samples:
+        row = by_id[str(s[schema.VIDEO_ID])]
+        blob, offsets = s[schema.FRAMES].tobytes(), s[schema.OFFSETS]
+        assert int(s[schema.NUM_FRAMES]) == row["num_frames"] == len(offsets) - 1 == 12
+        assert len(blob) == offsets[-1] == row["bytes"]
+        assert int(s[schema.LABEL]) == row["label"]
+        # 64x48 source, short side 32: stored 43x32; every frame decodes to it.
+        assert (int(s[schema.WIDTH]), int(s[schema.HEIGHT])) == (row["width"], row["height"]) == (43, 32)
+        for i in range(row["num_frames"]):
+            frame = simplejpeg.decode_jpeg(bytes(schema.frame_bytes(blob, offsets, i)))
+            assert frame.shape == (32, 43, 3) and frame.dtype == np.uint8
+
+
+def test_manifest_metadata_holds_version_and_settings(bad_run):
+    base, _ = bad_run
+    settings = schema.manifest_settings(schema.read_manifest(base / "out"))
+    assert settings["quality"] == 85 and settings["short_side"] == 32
+    assert settings["chroma_subsampling"] == "420"
+
+
+def test_rerun_with_other_settings_is_refused(bad_run):
+    base, _ = bad_run
+    other = Settings(short_side=32, quality=70, max_fps=None, videos_per_shard=3, seed=0)
+    with pytest.raises(ValueError, match="other settings"):
+        convert(base / "train.csv", base / "videos", base / "labels.txt", base / "out", other)
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "datatools.convert", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_cli_bad_arguments_fail_with_one_line_before_touching_disk(bad_run, tmp_path):
+    base, _ = bad_run
+    common = ["--csv", base / "train.csv", "--videos", base / "videos", "--labels", base / "labels.txt",
+              "--out", tmp_path / "out"]
+    proc = _cli(*common, "--quality", "0")
+    assert (proc.returncode, proc.stderr) == (2, "error: --quality must be in 1..100, got 0\n")
+    proc = _cli(*common[:-2], "--out", tmp_path / "out", "--backend", "nope")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --backend must be one of [")
+    proc = _cli("--csv", tmp_path / "none.csv", *common[2:])
+    assert (proc.returncode, proc.stderr) == (2, f"error: CSV not found: {tmp_path / 'none.csv'}\n")
+    assert not (tmp_path / "out").exists()
