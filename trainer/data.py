@@ -105,8 +105,11 @@ class ClipDecoder:
             raise ValueError(f"crop must be in 1..short_side={short_side}, got {crop!r}")
         self.short_side = short_side
         self.crop = crop
-        self._scale = (1.0 / (255.0 * np.asarray(STD, np.float32)))
-        self._bias = -np.asarray(MEAN, np.float32) / np.asarray(STD, np.float32)
+        # uint8 -> normalized float32 per channel as a lookup table: cv2.LUT writes each plane
+        # straight into the output, ~10x faster than numpy's cast + HWC->CHW transpose.
+        levels = np.arange(256, dtype=np.float32)[None] / 255.0
+        self._lut = np.ascontiguousarray(
+            (levels - np.asarray(MEAN, np.float32)[:, None]) / np.asarray(STD, np.float32)[:, None])
 
     def scaled_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) after scaling the short side to ``short_side``."""
@@ -134,16 +137,13 @@ class ClipDecoder:
                  flip: bool) -> np.ndarray:
         """Crop ``frames`` (T·N decoded frames) at (top, left) and return the normalized clip."""
         c = self.crop
-        stack = np.stack([f[top:top + c, left:left + c] for f in frames])  # (TN, c, c, 3)
-        if flip:
-            stack = stack[:, :, ::-1]
-        clip = stack.astype(np.float32)
-        clip *= self._scale
-        clip += self._bias
-        per_segment = len(frames) // num_segments
-        return np.ascontiguousarray(
-            clip.reshape(num_segments, per_segment, c, c, 3).transpose(0, 1, 4, 2, 3)
-        ).reshape(num_segments, per_segment * 3, c, c)
+        out = np.empty((len(frames), 3, c, c), np.float32)
+        for i, frame in enumerate(frames):
+            patch = frame[top:top + c, left:left + c]
+            patch = cv2.flip(patch, 1) if flip else np.ascontiguousarray(patch)
+            for channel, plane in enumerate(cv2.split(patch)):
+                cv2.LUT(plane, self._lut[channel], dst=out[i, channel])
+        return out.reshape(num_segments, -1, c, c)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(short_side={self.short_side}, crop={self.crop})"
