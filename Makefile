@@ -66,3 +66,15 @@ eval: NPROC ?= 1
 eval: setup
 	$(if $(filter 1,$(NPROC)),$(PY) -m trainer.eval,$(MSRUN) scripts/launch.py trainer.eval) \
 		--config $(CONFIG) $(CKPT_ARG) $(ARGS)
+
+# 310 path: export a batch-1 MINDIR, write the val clips as .bin, run them, print top-1.
+# On an Ascend 310 host: make export-310 INFER_DEVICE=Ascend (MindSpore Lite; untested here).
+OUT_310 ?= export/310
+INFER_DEVICE ?= CPU
+export-310: setup
+	$(PY) -m trainer.export --config $(CONFIG) $(CKPT_ARG) --format MINDIR --batch 1 \
+		--out $(OUT_310) $(ARGS)
+	$(PY) -m trainer.infer310.preprocess --config $(CONFIG) --out $(OUT_310) $(ARGS)
+	$(PY) -m trainer.infer310.runner --model $(OUT_310)/stnet_b1.mindir --work $(OUT_310) \
+		--device $(INFER_DEVICE)
+	$(PY) -m trainer.infer310.postprocess --work $(OUT_310)

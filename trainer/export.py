@@ -25,7 +25,8 @@ from datatools.schema import LABELS_NAME, read_labels
 from trainer.checkpoint import load_weights
 from trainer.cli import run_cli
 from trainer.config import Config, config_from_args, config_parser
-from trainer.exported import DYNAMIC, FORMATS, export_path, metadata_path, sha256_file
+from trainer.exported import (DYNAMIC, FORMATS, export_path, metadata_path, read_metadata,
+                              sha256_file)
 from trainer.runtime import init_runtime, setup_logging
 
 __all__ = ["parse_batch", "input_shape", "export_network", "main"]
@@ -139,7 +140,7 @@ def main(args: argparse.Namespace) -> Path:
     load_weights(net, ckpt)
     out_dir = Path(args.out) if args.out else Path(DEFAULT_OUT) / cfg.name
     path = export_network(net, cfg, args.format, batch=batch, out_dir=out_dir, checkpoint=ckpt)
-    meta = json.loads(metadata_path(path).read_text())
+    meta = read_metadata(path)
     print(f"exported {path} format={meta['format']} input={meta['input_shape']} "
           f"bytes={meta['bytes']} sha256={meta['sha256'][:16]}", flush=True)
     return path

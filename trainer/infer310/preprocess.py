@@ -1,0 +1,93 @@
+"""Write the evaluation clips as float32 ``.bin`` files plus labels, for an offline runner.
+
+    python -m trainer.infer310.preprocess --config configs/demo.yaml --out export/310
+
+The clips come from the same pipeline as trainer.eval (``create_dataset(training=False)``: K
+centred clips per video, padding masked out), so the 310 result can be checked against it.
+Layout of ``--out``: see ``trainer.infer310``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from datatools.schema import LABEL, VIDEO_ID
+from trainer.cli import run_cli
+from trainer.config import Config, config_from_args, config_parser
+from trainer.data import CLIP, MASK, create_dataset
+from trainer.infer310 import DATA_DIR, LABELS_FILE, META_NAME, clip_name
+from trainer.runtime import setup_logging
+
+__all__ = ["preprocess", "main"]
+
+logger = logging.getLogger(__name__)
+LOG_EVERY = 50  # videos between progress lines
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def preprocess(cfg: Config, out_dir: str | Path, split: str = "val") -> dict:
+    """Write every real video's K clips of ``split`` under ``out_dir``; returns the metadata.
+
+    The metadata (also ``clips.json``) holds ``clip_shape`` (1, T, 3N, S, S), ``clips_per_video``
+    K, ``videos``, ``files`` (clip file names, video-major) and ``video_ids``.
+    """
+    out_dir = Path(out_dir)
+    data_dir = out_dir / DATA_DIR
+    data_dir.mkdir(parents=True, exist_ok=True)
+    dataset = create_dataset(cfg, split, training=False)
+    files: list[str] = []
+    labels: list[int] = []
+    video_ids: list[str] = []
+    clip_shape: list[int] | None = None
+    start = time.perf_counter()
+    for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+        clips, mask = batch[CLIP], batch[MASK].astype(bool)
+        clip_shape = [1, *clips.shape[2:]]
+        for row in np.flatnonzero(mask):
+            video = len(labels)
+            for k in range(clips.shape[1]):
+                name = clip_name(video, k)
+                np.ascontiguousarray(clips[row, k:k + 1], dtype=np.float32).tofile(data_dir / name)
+                files.append(name)
+            labels.append(int(batch[LABEL][row]))
+            video_ids.append(_text(batch[VIDEO_ID][row]))
+            if len(labels) % LOG_EVERY == 0:
+                logger.info("preprocess: %d videos, %d clips", len(labels), len(files))
+    if not labels:
+        raise ValueError(f"split {split!r} of {cfg.data.root} has no videos to preprocess")
+    np.save(out_dir / LABELS_FILE, np.asarray(labels, np.int32))
+    meta = {"split": split, "videos": len(labels), "clips_per_video": cfg.test.clips,
+            "clip_shape": clip_shape, "dtype": "float32", "files": files, "video_ids": video_ids}
+    (out_dir / META_NAME).write_text(json.dumps(meta, indent=1) + "\n")
+    logger.info("preprocess: wrote %d clips of %d videos (%s float32) to %s in %.1f s",
+                len(files), len(labels), clip_shape, data_dir, time.perf_counter() - start)
+    return meta
+
+
+def main(args: argparse.Namespace) -> dict:
+    cfg = config_from_args(args)
+    setup_logging()
+    meta = preprocess(cfg, args.out, args.split)
+    print(f"videos={meta['videos']} clips={len(meta['files'])} clip_shape={meta['clip_shape']} "
+          f"out={args.out}", flush=True)
+    return meta
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = config_parser("Write the eval clips of a split as float32 .bin files plus "
+                           "label_ids.npy for the 310 runner.")
+    parser.add_argument("--out", required=True, help="work folder (data/, label_ids.npy, clips.json)")
+    parser.add_argument("--split", default="val", help="train, val, or a folder under data.root")
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(build_parser(), main))
