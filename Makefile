@@ -45,14 +45,17 @@ records: setup
 ifeq ($(CSV),)
 	$(PY) -m datatools.synth --out data/demo --classes 4 --per-class 40 --seed 0
 	$(PY) -m datatools.labels data/demo/train.csv records/demo/labels.txt
-	$(PY) -m datatools.convert --csv data/demo/train.csv --videos data/demo/videos \
-		--labels records/demo/labels.txt --out records/demo/train --workers $(WORKERS)
-	$(PY) -m datatools.convert --csv data/demo/val.csv --videos data/demo/videos \
-		--labels records/demo/labels.txt --out records/demo/val --workers $(WORKERS)
+	for split in train val; do \
+		$(PY) -m datatools.convert --csv data/demo/$$split.csv --videos data/demo/videos \
+			--labels records/demo/labels.txt --out records/demo/$$split --short-side 112 \
+			--videos-per-shard 16 --workers $(WORKERS) || exit 1; \
+		$(PY) -m datatools.inspect records/demo/$$split || exit 1; \
+	done
 else
 	$(PY) -m datatools.labels $(CSV) $(OUT)/labels.txt
 	$(PY) -m datatools.convert --csv $(CSV) --videos $(VIDEOS) --labels $(OUT)/labels.txt \
 		--out $(OUT)/$(SPLIT) --workers $(WORKERS)
+	$(PY) -m datatools.inspect $(OUT)/$(SPLIT)
 endif
 
 train: setup
