@@ -98,8 +98,8 @@ def run_clips(model: str | Path, work_dir: str | Path, device: str = "CPU",
     """
     work_dir = Path(work_dir)
     meta = read_meta(work_dir)
-    _check_shapes(Path(model), meta["clip_shape"])
     graph = load_graph(model, device, device_id)
+    _check_shapes(Path(model), meta["clip_shape"])
     result_dir = work_dir / RESULT_DIR
     result_dir.mkdir(parents=True, exist_ok=True)
     shape = meta["clip_shape"]
