@@ -15,7 +15,9 @@ from pathlib import Path
 import mindspore as ms
 from mindspore import nn
 
-__all__ = ["EPOCH_KEY", "STEP_KEY", "save_training_state", "latest_checkpoint",
+from trainer.config import Config
+
+__all__ = ["EPOCH_KEY", "STEP_KEY", "BEST_NAME", "run_dir", "best_checkpoint", "save_training_state", "latest_checkpoint",
            "restore_training_state", "save_weights", "load_weights"]
 
 logger = logging.getLogger(__name__)
@@ -23,13 +25,27 @@ logger = logging.getLogger(__name__)
 EPOCH_KEY = "epoch"       # epochs completed when the checkpoint was written
 STEP_KEY = "step"         # optimizer steps completed
 CHECKPOINT_DIR = "checkpoints"
+BEST_NAME = "best.ckpt"   # weights with the best validation top-1
+# Optimizer hyperparameters the config defines: a resumed run takes them from its config, so a
+# run can be extended (more epochs: a longer per-step LR array) or given a new schedule.
+FROM_CONFIG = ("learning_rate", "momentum")
 _EPOCH_FILE = re.compile(r"epoch-(\d{4,})\.ckpt$")
+
+
+def run_dir(cfg: Config) -> Path:
+    """``<train.output_dir>/<name>/``: where a run's checkpoints and logs live."""
+    return Path(cfg.train.output_dir) / cfg.name
+
+
+def best_checkpoint(cfg: Config) -> Path:
+    """The default checkpoint of eval and export: the run's ``best.ckpt``."""
+    return run_dir(cfg) / BEST_NAME
 
 
 def _atomic_save(save_obj, path: Path, append_dict: dict) -> None:
     """A killed run leaves no half-written checkpoint under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_suffix(".tmp.ckpt")  # save_checkpoint appends .ckpt to any other name
     ms.save_checkpoint(save_obj, str(tmp), append_dict=append_dict)
     os.replace(tmp, path)
 
@@ -59,7 +75,10 @@ def _load(cell: nn.Cell, path: Path, *, allow_extra: bool) -> dict:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     params = ms.load_checkpoint(str(path))
     extras = {k: params.pop(k) for k in (EPOCH_KEY, STEP_KEY) if k in params}
+    for key in FROM_CONFIG:
+        params.pop(key, None)
     missing, unused = ms.load_param_into_net(cell, params)
+    missing = [k for k in missing if k not in FROM_CONFIG]
     if missing:
         raise ValueError(f"{path} lacks {len(missing)} parameters of the network, e.g. {missing[:3]}")
     if unused and not allow_extra:

@@ -19,12 +19,13 @@ import numpy as np
 from mindspore import nn, ops
 
 from datatools.schema import LABEL, LABELS_NAME, read_labels
+from trainer.checkpoint import best_checkpoint, load_weights
 from trainer.cli import run_cli
-from trainer.config import Config, config_from_args, config_parser
+from trainer.config import config_from_args, config_parser
 from trainer.data import CLIP, MASK, create_dataset
 from trainer.runtime import init_runtime, setup_logging
 
-__all__ = ["evaluate", "load_weights", "summary_line", "write_results", "main"]
+__all__ = ["evaluate", "summary_line", "write_results", "main"]
 
 logger = logging.getLogger(__name__)
 TOP_K = 5
@@ -84,20 +85,6 @@ def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
     }
 
 
-def load_weights(net: nn.Cell, ckpt: str | Path) -> None:
-    """Load a checkpoint into ``net``; every network parameter must be in it.
-
-    Training checkpoints also hold optimizer state (moments, step): those extras are ignored.
-    """
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"--ckpt not found: {path}")
-    params_not_loaded, _ = ms.load_param_into_net(net, ms.load_checkpoint(str(path)))
-    if params_not_loaded:
-        raise ValueError(f"{path} lacks {len(params_not_loaded)} network parameters, e.g. "
-                         f"{params_not_loaded[:3]}: wrong checkpoint or model config")
-
-
 def summary_line(result: dict) -> str:
     return f"top1={result['top1']:.4f} top5={result['top5']:.4f} videos={result['videos']}"
 
@@ -118,13 +105,9 @@ def write_results(result: dict, out: str | Path, class_names: list[str]) -> Path
     return confusion_path
 
 
-def _default_ckpt(cfg: Config) -> Path:
-    return Path(cfg.train.output_dir) / cfg.name / "best.ckpt"
-
-
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
-    ckpt = Path(args.ckpt) if args.ckpt else _default_ckpt(cfg)
+    ckpt = Path(args.ckpt) if args.ckpt else best_checkpoint(cfg)
     if not ckpt.is_file():
         raise FileNotFoundError(f"--ckpt not found: {ckpt}")
     class_names = read_labels(Path(cfg.data.root) / LABELS_NAME)

@@ -22,7 +22,7 @@ import mindspore as ms
 from mindspore import nn
 
 from datatools.schema import LABELS_NAME, read_labels
-from trainer.checkpoint import load_weights
+from trainer.checkpoint import best_checkpoint, load_weights
 from trainer.cli import run_cli
 from trainer.config import Config, config_from_args, config_parser
 from trainer.exported import (DYNAMIC, FORMATS, export_path, metadata_path, read_metadata,
@@ -122,15 +122,11 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
     return path
 
 
-def _default_ckpt(cfg: Config) -> Path:
-    return Path(cfg.train.output_dir) / cfg.name / "best.ckpt"
-
-
 def main(args: argparse.Namespace) -> Path:
     cfg = config_from_args(args)
     batch = parse_batch(args.batch)
     _check_request(cfg, args.format, batch)  # before the slow network build
-    ckpt = Path(args.ckpt) if args.ckpt else _default_ckpt(cfg)
+    ckpt = Path(args.ckpt) if args.ckpt else best_checkpoint(cfg)
     if not ckpt.is_file():
         raise FileNotFoundError(f"--ckpt not found: {ckpt}")
     rank, _ = init_runtime(cfg)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from datatools.schema import (LABEL, MANIFEST_NAME, NUM_FRAMES, STATUS_OK, VIDEO_ID, pack_frames,
+from datatools.schema import (LABEL, STATUS_OK, VIDEO_ID, pack_frames,
                               read_manifest)
 from trainer.config import load_config
 from trainer.data import CLIP, MASK, MEAN, STD, ClipDecoder, ClipSampler, create_dataset, records

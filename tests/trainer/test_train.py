@@ -1,0 +1,75 @@
+"""Training on real converted records: bit-exact resume, divergence stop, run folder contents."""
+import json
+import subprocess
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from trainer.checkpoint import latest_checkpoint
+from trainer.config import load_config
+from trainer.train import BEST_NAME, LOG_NAME, TrainingDiverged, main
+
+from tests.trainer.test_config import DEMO, REPO
+
+TINY = ["model.width=8", "data.batch_size=4", "train.lr_schedule=step", "train.lr_milestones=[1]",
+        "train.warmup_epochs=0", "train.lr=0.02", "train.log_interval=2", "train.eval_interval=100"]
+
+
+def _config(tiny_records, out, name, *overrides):
+    return load_config(DEMO, [f"data.root={tiny_records}", f"train.output_dir={out}", f"name={name}",
+                              *TINY, *overrides])
+
+
+def _state(path):
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_records, tmp_path_factory):
+    """Two epochs without a stop: the reference for the resume test."""
+    out = tmp_path_factory.mktemp("runs")
+    metrics = main(_config(tiny_records, out, "straight", "train.epochs=2"))
+    return out / "straight", metrics
+
+
+def test_run_folder_holds_config_log_checkpoints_and_best(straight_run, tiny_records):
+    run_dir, metrics = straight_run
+    assert metrics["videos"] == 12  # the whole val split, counted once
+    assert load_config(run_dir / "config.yaml").data.root == str(tiny_records)
+    records = [json.loads(line) for line in (run_dir / LOG_NAME).read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert {"epoch", "step", "loss", "lr", "clips_per_s", "data_wait"} <= steps[0].keys()
+    assert steps[-1]["step"] == 8 and all(np.isfinite(r["loss"]) for r in steps)
+    assert [r["epoch"] for r in records if "top1" in r] == [2]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch-0001.ckpt", "epoch-0002.ckpt"]
+    assert (run_dir / BEST_NAME).is_file()
+
+
+def test_resume_after_a_stop_is_bit_exact(straight_run, tiny_records, tmp_path):
+    main(_config(tiny_records, tmp_path, "stopped", "train.epochs=1"))
+    main(_config(tiny_records, tmp_path, "stopped", "train.epochs=2", "train.resume=auto"))
+    resumed = _state(latest_checkpoint(tmp_path / "stopped"))
+    straight = _state(latest_checkpoint(straight_run[0]))
+    assert resumed.keys() == straight.keys()
+    assert int(resumed["epoch"]) == 2 and int(resumed["step"]) == 8
+    different = [k for k in straight if not np.array_equal(straight[k], resumed[k])]
+    assert not different, f"{len(different)} tensors differ after resume, e.g. {different[:3]}"
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(straight_run, tiny_records, tmp_path):
+    run_dir = tmp_path / "diverge"
+    first = latest_checkpoint(straight_run[0]).parent / "epoch-0001.ckpt"
+    with pytest.raises(TrainingDiverged, match="loss is (nan|inf)"):
+        main(_config(tiny_records, tmp_path, "diverge", "train.epochs=2", f"train.resume={first}",
+                     "train.lr=1e30"))
+    assert latest_checkpoint(run_dir) is None  # nothing written after the divergence
+
+
+def test_train_cli_reports_missing_records_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(DEMO),
+                             f"data.root={tmp_path}", f"train.output_dir={tmp_path}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "split folder not found" in result.stderr, result.stderr

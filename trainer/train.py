@@ -1,0 +1,186 @@
+"""Train StNet on MindRecord shards, alone or as one rank of an msrun job.
+
+    python -m trainer.train --config configs/demo.yaml [key=value ...]
+    msrun --worker_num=8 --local_worker_num=8 --master_port=8118 trainer/train.py --config ...
+
+The run folder ``<train.output_dir>/<name>/`` gets the resolved config, ``train.jsonl`` (one JSON
+object per log line and per evaluation), ``checkpoints/epoch-NNNN.ckpt`` (the last K, full state)
+and ``best.ckpt`` (weights with the best validation top-1). Only rank 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+from trainer.checkpoint import (BEST_NAME, latest_checkpoint, restore_training_state, run_dir,
+                                save_training_state, save_weights)
+from trainer.cli import RunStopped, run_cli
+from trainer.config import Config, config_from_args, config_parser, save_config
+from trainer.data import create_dataset
+from trainer.eval import evaluate
+from trainer.model import create_model
+from trainer.pretrained import load_pretrained
+from trainer.runtime import init_runtime, setup_logging
+from trainer.schedule import build_lr
+
+__all__ = ["TrainingDiverged", "build_train_cell", "train_one_epoch", "main"]
+
+logger = logging.getLogger(__name__)
+
+AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
+BEST_SCORE_NAME = "best.json"
+LOG_NAME = "train.jsonl"
+
+
+class TrainingDiverged(RunStopped):
+    """The loss became NaN or infinite; the last epoch checkpoint is the last good state."""
+
+
+def _amp_level(cfg: Config) -> str:
+    level = cfg.train.amp_level
+    if level not in AMP_LEVELS:
+        raise ValueError(f"train.amp_level must be one of {AMP_LEVELS}, got {level!r}")
+    if level == "auto":  # mixed precision is 2-2.5x slower on CPU (DESIGN.md §5)
+        return "O2" if cfg.device_target == "Ascend" else "O0"
+    return level
+
+
+def build_train_cell(net: nn.Cell, cfg: Config, steps_per_epoch: int) -> nn.Cell:
+    """Momentum with per-step LR; no weight decay on BN and biases (1-D parameters)."""
+    params = net.trainable_params()
+    decayed = [p for p in params if p.ndim > 1]
+    optimizer = nn.Momentum(
+        [{"params": decayed, "weight_decay": cfg.train.weight_decay},
+         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+         {"order_params": params}],
+        learning_rate=ms.Tensor(build_lr(cfg.train, steps_per_epoch)), momentum=cfg.train.momentum)
+    loss = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    level = _amp_level(cfg)
+    scale = None if level == "O0" else ms.amp.FixedLossScaleManager(cfg.train.loss_scale,
+                                                                     drop_overflow_update=False)
+    return ms.amp.build_train_network(net, optimizer, loss, level=level, loss_scale_manager=scale)
+
+
+class RunLog:
+    """JSON lines on rank 0; nothing elsewhere."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def write(self, **record) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: np.ndarray,
+                    clips_per_step: int, log_interval: int, run_log: RunLog) -> int:
+    """One pass over ``dataset``; returns the optimizer step count after it."""
+    train_cell.set_train(True)
+    window_loss, window_wait, window_start = [], 0.0, time.perf_counter()
+    iterator = dataset.create_tuple_iterator(num_epochs=1)
+    batch_count = dataset.get_dataset_size()
+    for i in range(batch_count):
+        wait_start = time.perf_counter()
+        clip, label = next(iterator)[:2]
+        window_wait += time.perf_counter() - wait_start
+        loss = float(train_cell(clip, label).asnumpy())
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1} step {step + 1}")
+        step += 1
+        window_loss.append(loss)
+        if len(window_loss) == log_interval or i == batch_count - 1:
+            elapsed = time.perf_counter() - window_start
+            record = dict(epoch=epoch + 1, step=step, loss=float(np.mean(window_loss)),
+                          lr=float(lr[min(step - 1, len(lr) - 1)]),
+                          clips_per_s=clips_per_step * len(window_loss) / elapsed,
+                          data_wait=window_wait / elapsed)
+            logger.info("epoch %d step %d loss %.4f lr %.5f clips/s %.1f data wait %.0f%%",
+                        record["epoch"], step, record["loss"], record["lr"], record["clips_per_s"],
+                        100 * record["data_wait"])
+            run_log.write(**record)
+            window_loss, window_wait, window_start = [], 0.0, time.perf_counter()
+    return step
+
+
+def _resume_path(cfg: Config) -> Path | None:
+    if cfg.train.resume is None:
+        return None
+    if cfg.train.resume == "auto":
+        return latest_checkpoint(run_dir(cfg))
+    return Path(cfg.train.resume)
+
+
+def _read_best(out: Path) -> float:
+    path = out / BEST_SCORE_NAME
+    return json.loads(path.read_text())["top1"] if path.is_file() else -1.0
+
+
+def main(cfg: Config) -> dict:
+    """Train to ``train.epochs``; returns the last evaluation (empty if none ran)."""
+    rank, group_size = init_runtime(cfg)
+    setup_logging(rank)
+    out = run_dir(cfg)
+    is_writer = rank == 0
+    if is_writer:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    run_log = RunLog(out / LOG_NAME if is_writer else None)
+    ms.set_seed(cfg.seed)
+
+    net = create_model(cfg)
+    steps_per_epoch = create_dataset(cfg, cfg.data.train_split, training=True, rank=rank,
+                                     group_size=group_size).get_dataset_size()
+    train_cell = build_train_cell(net, cfg, steps_per_epoch)
+    lr = build_lr(cfg.train, steps_per_epoch)
+    start_epoch, step = 0, 0
+    resume = _resume_path(cfg)
+    if resume is not None:
+        start_epoch, step = restore_training_state(train_cell, resume)
+        logger.info("resumed from %s: %d epochs, %d steps done", resume, start_epoch, step)
+    elif cfg.model.pretrained:
+        load_pretrained(net, cfg.model.pretrained)
+    best = _read_best(out)
+    logger.info("run %s: %d ranks, %d steps/epoch, %d clips/step, epochs %d..%d",
+                out, group_size, steps_per_epoch, cfg.data.batch_size * group_size,
+                start_epoch + 1, cfg.train.epochs)
+
+    metrics: dict = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        dataset = create_dataset(cfg, cfg.data.train_split, training=True, rank=rank,
+                                 group_size=group_size, epoch=epoch)
+        step = train_one_epoch(train_cell, dataset, epoch=epoch, step=step, lr=lr,
+                               clips_per_step=cfg.data.batch_size * group_size,
+                               log_interval=cfg.train.log_interval, run_log=run_log)
+        if is_writer:
+            save_training_state(train_cell, out, epoch + 1, step, cfg.train.keep_checkpoints)
+        last = epoch + 1 == cfg.train.epochs
+        if (epoch + 1) % cfg.train.eval_interval and not last:
+            continue
+        val = create_dataset(cfg, cfg.data.val_split, training=False, rank=rank, group_size=group_size)
+        metrics = evaluate(net, val, cfg.model.num_classes, group_size=group_size)
+        logger.info("epoch %d eval top1 %.4f top5 %.4f videos %d", epoch + 1, metrics["top1"],
+                    metrics["top5"], metrics["videos"])
+        run_log.write(epoch=epoch + 1, step=step, top1=metrics["top1"], top5=metrics["top5"],
+                      videos=metrics["videos"])
+        if is_writer and metrics["top1"] > best:
+            best = metrics["top1"]
+            save_weights(net, out / BEST_NAME, epoch + 1)
+            (out / BEST_SCORE_NAME).write_text(json.dumps({"epoch": epoch + 1, "top1": best}))
+    return metrics
+
+
+def get_args_parser():
+    return config_parser("Train StNet on MindRecord shards (alone, or one rank under msrun).")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(get_args_parser(), lambda args: main(config_from_args(args))))
