@@ -47,6 +47,12 @@ def expected_counts(frames_per_segment: int, num_classes: int, width: int,
     return params, tensors
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """Fresh weights are drawn from the global seed: every test sees the same network."""
+    ms.set_seed(0)
+
+
 @pytest.fixture(params=["pynative", "graph"])
 def mode(request):
     ms.set_context(mode=ms.PYNATIVE_MODE if request.param == "pynative" else ms.GRAPH_MODE)
@@ -170,7 +176,9 @@ def test_exports_to_onnx_matching_onnxruntime(tmp_path, xception):
         ms.set_context(mode=ms.PYNATIVE_MODE)
     session = ort.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: clip.asnumpy()})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # fresh BN statistics let logits grow to ~100: compare to 1e-4 relative to their size
+    assert np.abs(expected).max() > 1.0
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
