@@ -48,7 +48,7 @@ ifeq ($(CSV),)
 	for split in train val; do \
 		$(PY) -m datatools.convert --csv data/demo/$$split.csv --videos data/demo/videos \
 			--labels records/demo/labels.txt --out records/demo/$$split --short-side 112 \
-			--videos-per-shard 16 --workers $(WORKERS) || exit 1; \
+			--videos-per-shard 16 --page-mb 1 --workers $(WORKERS) || exit 1; \
 		$(PY) -m datatools.inspect records/demo/$$split || exit 1; \
 	done
 else

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from datatools import schema
 from datatools.cli import non_negative_int, positive_int, run_cli
 from datatools.kinetics import CsvEntry, find_video, read_csv
-from datatools.shards import (Settings, ShardTask, VideoTask, assign_shards, convert_shard,
-                              finished_rows, manifest_row, shard_paths)
+from datatools.shards import (DEFAULT_PAGE, MAX_PAGE, MIN_PAGE, Settings, ShardTask, VideoTask,
+                              assign_shards, convert_shard, finished_rows, manifest_row, shard_paths)
 
 __all__ = ["ConvertResult", "plan_shards", "convert", "write_manifest", "summary_lines", "main"]
 
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 NO_SHARD = -1           # manifest shard of entries that are never given to a worker
 PROGRESS_SECONDS = 5.0  # at most one progress line per this many seconds
+MB = 1 << 20
 
 
 @dataclass
@@ -133,6 +134,9 @@ def _check_settings(s: Settings) -> None:
         raise ValueError(f"--max-fps must be a positive number, got {s.max_fps}")
     if s.videos_per_shard < 1:
         raise ValueError(f"--videos-per-shard must be >= 1, got {s.videos_per_shard}")
+    if s.page_size & (s.page_size - 1) or not MIN_PAGE <= s.page_size <= MAX_PAGE:
+        raise ValueError(f"--page-mb must be a power of two from {MIN_PAGE / MB:g} to {MAX_PAGE // MB}, "
+                         f"got {s.page_size / MB:g}")
 
 
 class _Progress:
@@ -213,6 +217,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-fps", type=float, default=None, help="drop frames above this rate")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel shard tasks")
     p.add_argument("--videos-per-shard", type=int, default=64)
+    p.add_argument("--page-mb", type=float, default=DEFAULT_PAGE / MB,
+                   help="MindRecord page size in MiB, a power of two, the same for every shard of "
+                        f"a split; a video must fit in one (default {DEFAULT_PAGE // MB}: any 10 s "
+                        "clip at short side 256; 1 suits small demo videos)")
     p.add_argument("--seed", type=int, default=0, help="shard assignment seed")
     p.add_argument("--backend", default="loky",
                    help="joblib backend: loky (default), threading, multiprocessing, or dask "
@@ -226,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     _check_backend(args.backend)
     settings = Settings(short_side=args.short_side, quality=args.quality, max_fps=args.max_fps,
-                        videos_per_shard=args.videos_per_shard, seed=args.seed)
+                        videos_per_shard=args.videos_per_shard, seed=args.seed,
+                        page_size=int(args.page_mb * MB))
     result = convert(args.csv, args.videos, args.labels, args.out, settings, workers=args.workers,
                      backend=args.backend, decode_threads=args.decode_threads)
     print("\n".join(summary_lines(result)))

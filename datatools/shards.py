@@ -22,12 +22,14 @@ from mindspore.mindrecord import FileReader, FileWriter
 from datatools import schema
 from datatools.video import EncodedVideo, VideoError, encode_video
 
-__all__ = ["Settings", "VideoTask", "ShardTask", "assign_shards", "manifest_row", "page_sizes",
+__all__ = ["Settings", "VideoTask", "ShardTask", "assign_shards", "manifest_row", "header_size",
+           "sample_bytes",
            "convert_shard", "finished_rows", "clear_shard", "read_shard_ids", "shard_paths"]
 
 log = logging.getLogger(__name__)
 
 MIN_PAGE, MAX_PAGE = 1 << 15, 1 << 28         # MindRecord's limits; sizes must be powers of two
+DEFAULT_PAGE = 1 << 25                          # 32 MiB: a 10 s clip at short side 256 fits easily
 MIN_HEADER, MAX_HEADER = 1 << 14, 1 << 27
 HEADER_BYTES_PER_PAGE = 512                     # page metadata in the header, generous
 SAMPLE_OVERHEAD = 1024                          # per-sample bytes besides frames and offsets
@@ -43,6 +45,11 @@ class Settings:
     videos_per_shard: int
     seed: int
     chroma_subsampling: str = "420"
+    # MindDataset refuses to read shards whose page or header sizes differ, so both are fixed for
+    # the whole split (header_size derives from page_size and videos_per_shard). A video must fit
+    # in one page; pages hold several videos, so little is lost at page ends when it is a few
+    # times the typical video.
+    page_size: int = DEFAULT_PAGE
 
 
 @dataclass(frozen=True)
@@ -135,38 +142,15 @@ def finished_rows(task: ShardTask) -> list[dict] | None:
     return rows
 
 
-def page_sizes(sample_bytes: Sequence[int]) -> tuple[int, int]:
-    """(page, header) sizes for a shard whose samples take ``sample_bytes``, in write order.
-
-    Pages are powers of two holding whole samples; a sample that does not fit in the rest of a
-    page starts a new one, and the scalar fields take at least one more page. The page size that
-    minimises the resulting apparent file size is chosen by simulating that packing.
-    """
-    smallest = max(MIN_PAGE, 1 << math.ceil(math.log2(max(sample_bytes))))
-    if smallest > MAX_PAGE:
-        raise ValueError(f"a sample of {max(sample_bytes)} bytes exceeds MindRecord's page limit "
-                         f"{MAX_PAGE}")
-    candidates = []
-    page = smallest
-    while page <= MAX_PAGE:
-        candidates.append((_packed_pages(sample_bytes, page) * page, page))
-        if page >= sum(sample_bytes):
-            break
-        page *= 2
-    apparent, page = min(candidates)
-    num_pages = apparent // page
-    header = 1 << math.ceil(math.log2(MIN_HEADER + num_pages * HEADER_BYTES_PER_PAGE))
-    return page, min(header, MAX_HEADER)
+def header_size(page_size: int, videos_per_shard: int) -> int:
+    """Header bytes for the most pages a shard can take (one per video, plus the scalar fields)."""
+    pages = videos_per_shard + 2
+    return min(1 << math.ceil(math.log2(MIN_HEADER + pages * HEADER_BYTES_PER_PAGE)), MAX_HEADER)
 
 
-def _packed_pages(sample_bytes: Sequence[int], page: int) -> int:
-    """Pages used by greedy in-order packing, plus one page for the scalar fields."""
-    pages, used = 2, 0
-    for size in sample_bytes:
-        if used + size > page:
-            pages, used = pages + 1, 0
-        used += size
-    return pages
+def sample_bytes(num_frames: int, frame_bytes: int) -> int:
+    """Bytes one video's sample takes in a page."""
+    return frame_bytes + 8 * (num_frames + 1) + SAMPLE_OVERHEAD
 
 
 def read_shard_ids(path: str | Path) -> list[str]:
@@ -203,6 +187,11 @@ def convert_shard(task: ShardTask) -> list[dict]:
                 rows.append(manifest_row(v, task.index, str(exc)))
                 continue
             blob, offsets = schema.pack_frames(video.jpegs)
+            size = sample_bytes(len(video.jpegs), len(blob))
+            if size > s.page_size:
+                rows.append(manifest_row(v, task.index, f"too large: {size} bytes exceed the page "
+                                         f"size {s.page_size}; convert with a larger --page-mb"))
+                continue
             spooled.append(({schema.VIDEO_ID: v.video_id, schema.LABEL: v.label,
                              schema.NUM_FRAMES: len(video.jpegs), schema.HEIGHT: video.height,
                              schema.WIDTH: video.width, schema.OFFSETS: offsets},
@@ -210,19 +199,18 @@ def convert_shard(task: ShardTask) -> list[dict]:
             spool.write(blob)
             rows.append(manifest_row(v, task.index, video=video))
     if spooled:
-        _write_record(paths, spooled)
+        _write_record(paths, spooled, s)
     paths["spool"].unlink()
     _write_marker(paths, {"settings": asdict(s), "rows": rows})
     return rows
 
 
-def _write_record(paths: dict[str, Path], spooled: list[tuple[dict, int, int]]) -> None:
+def _write_record(paths: dict[str, Path], spooled: list[tuple[dict, int, int]], s: Settings) -> None:
     """Write the spooled samples into one MindRecord file, commit, read back and compare."""
-    sizes = [n + 8 * len(sample[schema.OFFSETS]) + SAMPLE_OVERHEAD for sample, _, n in spooled]
-    page, header = page_sizes(sizes)
+    page = s.page_size
     writer = FileWriter(str(paths["record"]), shard_num=1, overwrite=False)
     writer.set_page_size(page)
-    writer.set_header_size(header)
+    writer.set_header_size(header_size(page, s.videos_per_shard))
     writer.add_schema(schema.RECORD_SCHEMA, "stnet video clips")
     with open(paths["spool"], "rb") as spool:
         batch, batch_bytes = [], 0

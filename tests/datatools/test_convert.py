@@ -119,3 +119,49 @@ def test_cli_bad_arguments_fail_with_one_line_before_touching_disk(bad_run, tmp_
     proc = _cli("--csv", tmp_path / "none.csv", *common[2:])
     assert (proc.returncode, proc.stderr) == (2, f"error: CSV not found: {tmp_path / 'none.csv'}\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_shards_of_different_sized_videos_read_as_one_split(tmp_path):
+    """MindDataset refuses shards whose page/header sizes differ: they must not depend on the data."""
+    videos, lines = tmp_path / "videos", ["label,youtube_id,time_start,time_end,split"]
+    for i, (frames, side) in enumerate([(4, 32), (4, 32), (60, 160), (60, 160), (8, 64)]):
+        bad_videos.good(videos / "walk" / f"v{i}_000000_000010.mp4", num_frames=frames,
+                        width=side * 4 // 3 // 2 * 2, height=side, seed=i)
+        lines.append(f"walk,v{i},0,10,train")
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "labels.txt").write_text("walk 0\n")
+    settings = Settings(short_side=0, quality=90, max_fps=None, videos_per_shard=2, seed=0,
+                        page_size=1 << 20)
+    result = convert(tmp_path / "train.csv", videos, tmp_path / "labels.txt", tmp_path / "out", settings)
+    assert [r["status"] for r in result.rows] == [schema.STATUS_OK] * 5
+    assert len(schema.ok_shard_paths(tmp_path / "out")) == 3
+    assert sorted(s[schema.VIDEO_ID].item() for s in read_split(tmp_path / "out")) == \
+        sorted(r["video_id"] for r in result.rows)
+
+
+def test_a_video_larger_than_a_page_is_a_failed_row(tmp_path):
+    videos = tmp_path / "videos"
+    bad_videos.good(videos / "walk" / "small_000000_000010.mp4", num_frames=2)
+    bad_videos.good(videos / "walk" / "big_000000_000010.mp4", num_frames=40, width=320, height=240)
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                        "walk,small,0,10,train\nwalk,big,0,10,train\n")
+    (tmp_path / "labels.txt").write_text("walk 0\n")
+    settings = Settings(short_side=0, quality=95, max_fps=None, videos_per_shard=2, seed=0,
+                        page_size=1 << 16)
+    result = convert(tmp_path / "train.csv", videos, tmp_path / "labels.txt", tmp_path / "out", settings)
+    status = {r["video_id"].split("_")[0]: (r["status"], r["reason"]) for r in result.rows}
+    assert status["small"] == (schema.STATUS_OK, "")
+    assert status["big"][0] == schema.STATUS_FAILED and "larger --page-mb" in status["big"][1]
+    assert [s[schema.VIDEO_ID].item() for s in read_split(tmp_path / "out")] == ["small_000000_000010"]
+
+
+def test_cli_rejects_a_page_size_that_is_not_a_power_of_two(tmp_path):
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n")
+    (tmp_path / "labels.txt").write_text("walk 0\n")
+    result = subprocess.run([sys.executable, "-m", "datatools.convert", "--csv", str(tmp_path / "train.csv"),
+                             "--videos", str(tmp_path), "--labels", str(tmp_path / "labels.txt"),
+                             "--out", str(tmp_path / "out"), "--page-mb", "3"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: --page-mb must be a power of two from 0.03125 to 256, got 3"], result.stderr
+    assert not (tmp_path / "out").exists()

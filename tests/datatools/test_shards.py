@@ -1,4 +1,4 @@
-"""Shard assignment, page sizing and the shared tiny_records set as the trainer reads it."""
+"""Shard assignment, header sizing and the shared tiny_records set as the trainer reads it."""
 from __future__ import annotations
 
 from collections import Counter
@@ -9,7 +9,7 @@ import simplejpeg
 from datatools import schema
 from datatools.convert import plan_shards
 from datatools.kinetics import read_csv
-from datatools.shards import assign_shards, page_sizes
+from datatools.shards import DEFAULT_PAGE, assign_shards, header_size
 from tests.datatools.test_convert import read_split
 
 
@@ -34,18 +34,11 @@ def test_assignment_rejects_a_bad_shard_size():
         assign_shards([0, 1], 0, seed=0)
 
 
-@pytest.mark.parametrize("sizes", [[150_000] * 8, [9_000_000] * 64, [40_000, 900_000, 10_000]])
-def test_pages_hold_the_largest_sample_and_waste_little(sizes):
-    page, header = page_sizes(sizes)
-    assert page >= max(sizes) and page & (page - 1) == 0 and header & (header - 1) == 0
-    assert 1 << 15 <= page <= 1 << 28 and 1 << 14 <= header <= 1 << 27
-    if len(sizes) == 64:   # 7 samples of 9 MB per 64 MB page: < 2% lost at page ends
-        assert page == 64 << 20
-
-
-def test_page_size_rejects_a_sample_over_the_limit():
-    with pytest.raises(ValueError, match="exceeds MindRecord's page limit"):
-        page_sizes([300 << 20])
+@pytest.mark.parametrize("videos_per_shard", [1, 64, 5000])
+def test_header_holds_a_page_per_video(videos_per_shard):
+    header = header_size(DEFAULT_PAGE, videos_per_shard)
+    assert header & (header - 1) == 0 and 1 << 14 <= header <= 1 << 27
+    assert header >= min((videos_per_shard + 2) * 512, 1 << 27)
 
 
 def test_tiny_records_match_the_csv_and_stored_sizes(tiny_records):
