@@ -43,11 +43,11 @@ test: setup
 
 records: setup
 ifeq ($(CSV),)
-	$(PY) -m datatools.synth --out data/demo --classes 4 --per-class 40 --seed 0
+	$(MAKE) --no-print-directory data/demo/train.csv
 	$(PY) -m datatools.labels data/demo/train.csv records/demo/labels.txt
 	for split in train val; do \
 		$(PY) -m datatools.convert --csv data/demo/$$split.csv --videos data/demo/videos \
-			--labels records/demo/labels.txt --out records/demo/$$split --short-side 112 \
+			--labels records/demo/labels.txt --out records/demo/$$split --short-side 64 \
 			--videos-per-shard 16 --page-mb 1 --workers $(WORKERS) || exit 1; \
 		$(PY) -m datatools.inspect records/demo/$$split || exit 1; \
 	done
@@ -57,6 +57,10 @@ else
 		--out $(OUT)/$(SPLIT) --workers $(WORKERS)
 	$(PY) -m datatools.inspect $(OUT)/$(SPLIT)
 endif
+
+# The demo's synthetic source videos (made once; delete data/demo to make them again).
+data/demo/train.csv:
+	$(PY) -m datatools.synth --out data/demo --classes 4 --per-class 150 --val-per-class 25 --seed 0
 
 train: setup
 	$(PY) -m trainer.train --config $(CONFIG) $(ARGS)
@@ -81,3 +85,19 @@ export-310: setup
 	$(PY) -m trainer.infer310.runner --model $(OUT_310)/stnet_b1.mindir --work $(OUT_310) \
 		--device $(INFER_DEVICE)
 	$(PY) -m trainer.infer310.postprocess --work $(OUT_310)
+
+# synth -> records -> train (NPROC msrun workers) -> eval -> export + 310 path, on CPU. Finished
+# stages are reused: existing videos and verified shards are kept, training resumes (and skips
+# when done). DEMO_TRAIN_ARGS shortens it (CI: train.epochs=1).
+DEMO_CONFIG := configs/demo.yaml
+DEMO_TRAIN_ARGS ?=
+demo: setup
+	@echo "== demo 1/4: synthetic videos -> records/demo"
+	$(MAKE) --no-print-directory records
+	@echo "== demo 2/4: train $(DEMO_CONFIG) under msrun"
+	$(MAKE) --no-print-directory train-8p CONFIG=$(DEMO_CONFIG) ARGS="train.resume=auto $(DEMO_TRAIN_ARGS)"
+	@echo "== demo 3/4: evaluate runs/demo/best.ckpt on every val video"
+	$(MAKE) --no-print-directory eval CONFIG=$(DEMO_CONFIG) ARGS="--out runs/demo/eval.json"
+	@echo "== demo 4/4: export MINDIR + 310 inference path (CPU runner)"
+	$(MAKE) --no-print-directory export-310 CONFIG=$(DEMO_CONFIG)
+	@echo "== demo done: $$(tail -n 1 runs/demo/eval.log 2>/dev/null)"

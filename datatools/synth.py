@@ -4,7 +4,10 @@ Each class is a textured blob whose *change over time* is the action: moving up 
 or shrinking, brightening or darkening. One frame cannot tell the classes apart (the start position,
 size and colour are random), and a horizontal flip keeps every class (no left/right or cw/ccw
 motion), so a model has to learn temporal order and the trainer's flip augmentation stays valid.
-A distractor blob drifts sideways in every class. Everything derives from ``--seed``.
+A distractor blob drifts sideways in every class. The actor is always lighter than a darker,
+mildly textured scene: with random polarity (actor lighter or darker than a busy background) a
+small StNet trained from scratch stayed at chance for 500+ steps on 1200 videos, with this
+contrast it reaches 100% val top-1 in three epochs of 600. Everything derives from ``--seed``.
 """
 from __future__ import annotations
 
@@ -42,14 +45,14 @@ class SynthSpec:
 
 
 def _background(rng: np.random.Generator, spec: SynthSpec) -> np.ndarray:
-    """A random two-colour gradient with low-frequency texture, float32 (H, W, 3) in 0..255."""
-    c0, c1 = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
+    """A dark two-colour gradient with mild low-frequency texture, float32 (H, W, 3)."""
+    c0, c1 = rng.uniform(0, 110, size=(2, 3)).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:spec.height, 0:spec.width].astype(np.float32)
     t = (np.cos(angle) * xx / spec.width + np.sin(angle) * yy / spec.height)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     img = c0 + (c1 - c0) * t[..., None]
-    coarse = rng.normal(0, 18, size=(spec.height // 8 + 1, spec.width // 8 + 1, 3)).astype(np.float32)
+    coarse = rng.normal(0, 8, size=(spec.height // 8 + 1, spec.width // 8 + 1, 3)).astype(np.float32)
     texture = np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1)[:spec.height, :spec.width]
     return img + texture
 
@@ -68,7 +71,7 @@ def render_video(class_index: int, rng: np.random.Generator, spec: SynthSpec) ->
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     s = min(h, w)
     progress = np.linspace(0.0, 1.0, n, dtype=np.float32)
-    color = rng.uniform(40, 255, size=3).astype(np.float32)
+    color = rng.uniform(170, 255, size=3).astype(np.float32)
     radius = np.full(n, rng.uniform(0.12, 0.2) * s, dtype=np.float32)
     cy = np.full(n, rng.uniform(0.3, 0.7) * h, dtype=np.float32)
     cx = np.full(n, rng.uniform(0.25, 0.75) * w, dtype=np.float32)
