@@ -88,16 +88,20 @@ export-310: setup
 
 # synth -> records -> train (NPROC msrun workers) -> eval -> export + 310 path, on CPU. Finished
 # stages are reused: existing videos and verified shards are kept, training resumes (and skips
-# when done). DEMO_TRAIN_ARGS shortens it (CI: train.epochs=1).
+# when done). CI runs it short: DEMO_NAME=ci-demo DEMO_TRAIN_ARGS="train.epochs=1" NPROC=2.
 DEMO_CONFIG := configs/demo.yaml
+DEMO_NAME ?= demo
 DEMO_TRAIN_ARGS ?=
 demo: setup
 	@echo "== demo 1/4: synthetic videos -> records/demo"
 	$(MAKE) --no-print-directory records
-	@echo "== demo 2/4: train $(DEMO_CONFIG) under msrun"
-	$(MAKE) --no-print-directory train-8p CONFIG=$(DEMO_CONFIG) ARGS="train.resume=auto $(DEMO_TRAIN_ARGS)"
-	@echo "== demo 3/4: evaluate runs/demo/best.ckpt on every val video"
-	$(MAKE) --no-print-directory eval CONFIG=$(DEMO_CONFIG) ARGS="--out runs/demo/eval.json"
+	@echo "== demo 2/4: train $(DEMO_CONFIG) under msrun -> runs/$(DEMO_NAME)"
+	$(MAKE) --no-print-directory train-8p CONFIG=$(DEMO_CONFIG) \
+		ARGS="name=$(DEMO_NAME) train.resume=auto $(DEMO_TRAIN_ARGS)"
+	@echo "== demo 3/4: evaluate runs/$(DEMO_NAME)/best.ckpt on every val video"
+	$(MAKE) --no-print-directory eval CONFIG=$(DEMO_CONFIG) NPROC=1 \
+		ARGS="name=$(DEMO_NAME) --out runs/$(DEMO_NAME)/eval.json"
 	@echo "== demo 4/4: export MINDIR + 310 inference path (CPU runner)"
-	$(MAKE) --no-print-directory export-310 CONFIG=$(DEMO_CONFIG)
-	@echo "== demo done: $$(tail -n 1 runs/demo/eval.log 2>/dev/null)"
+	$(MAKE) --no-print-directory export-310 CONFIG=$(DEMO_CONFIG) ARGS="name=$(DEMO_NAME)"
+	@$(PY) -c "import json; r = json.load(open('runs/$(DEMO_NAME)/eval.json')); \
+		print(f'== demo done: top1={r[\"top1\"]:.4f} on {r[\"videos\"]} val videos (runs/$(DEMO_NAME))')"

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn, ops
+from mindspore import nn
 
 from datatools.schema import LABEL, LABELS_NAME, read_labels
 from trainer.checkpoint import best_checkpoint, load_weights
 from trainer.cli import run_cli
 from trainer.config import config_from_args, config_parser
 from trainer.data import CLIP, MASK, create_dataset
-from trainer.runtime import init_runtime, setup_logging
+from trainer.runtime import all_reduce_sum, init_runtime, setup_logging
 
 __all__ = ["evaluate", "summary_line", "write_results", "main"]
 
@@ -40,8 +40,7 @@ def _all_reduce_sum(values: np.ndarray) -> np.ndarray:
     """Sum integer counts over the ranks (float32 holds counts below 2**24 exactly)."""
     if values.max(initial=0) >= 2 ** 24:
         raise ValueError(f"counts up to {values.max()} do not fit float32 exactly")
-    summed = ops.AllReduce(ops.ReduceOp.SUM)(ms.Tensor(values.astype(np.float32)))
-    return np.rint(summed.asnumpy()).astype(np.int64)
+    return np.rint(all_reduce_sum(values)).astype(np.int64)
 
 
 def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,

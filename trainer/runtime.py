@@ -6,11 +6,13 @@ import os
 import sys
 
 import mindspore as ms
+import numpy as np
+from mindspore import ops
 from mindspore.communication import get_group_size, get_rank, init
 
 from trainer.config import Config
 
-__all__ = ["distributed_launch", "init_runtime", "setup_logging"]
+__all__ = ["distributed_launch", "init_runtime", "setup_logging", "all_reduce_sum"]
 
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
@@ -63,3 +65,8 @@ def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     """INFO on rank 0, warnings only elsewhere, so 8 ranks do not print 8 copies."""
     logging.basicConfig(stream=sys.stdout, level=level if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def all_reduce_sum(values: np.ndarray) -> np.ndarray:
+    """float32 sum of ``values`` over all ranks (CPU AllReduce supports SUM only)."""
+    return ops.AllReduce(ops.ReduceOp.SUM)(ms.Tensor(values.astype(np.float32))).asnumpy()

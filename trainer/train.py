@@ -28,10 +28,10 @@ from trainer.data import create_dataset
 from trainer.eval import evaluate
 from trainer.model import create_model
 from trainer.pretrained import load_pretrained
-from trainer.runtime import init_runtime, setup_logging
+from trainer.runtime import all_reduce_sum, init_runtime, setup_logging
 from trainer.schedule import build_lr
 
-__all__ = ["TrainingDiverged", "build_train_cell", "train_one_epoch", "main"]
+__all__ = ["TrainingDiverged", "build_train_cell", "train_one_epoch", "average_bn_statistics", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,24 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
     return step
 
 
+def average_bn_statistics(net: nn.Cell, group_size: int) -> None:
+    """Give every rank the mean of the ranks' BatchNorm moving statistics.
+
+    Data parallelism averages gradients, not BN statistics: each rank's moving mean/variance
+    follow its own batches. Averaging them before evaluation and checkpointing makes the ranks
+    hold one model, the one rank 0 saves, so the evaluated top-1 is that of ``best.ckpt``.
+    """
+    stats = [p for p in net.get_parameters() if p.name.endswith(("moving_mean", "moving_variance"))]
+    if group_size == 1 or not stats:
+        return
+    flat = np.concatenate([p.asnumpy().ravel() for p in stats])
+    flat = all_reduce_sum(flat) / group_size
+    start = 0
+    for p in stats:
+        p.set_data(ms.Tensor(flat[start:start + p.size].reshape(p.shape), p.dtype))
+        start += p.size
+
+
 def _resume_path(cfg: Config) -> Path | None:
     if cfg.train.resume is None:
         return None
@@ -160,6 +178,7 @@ def main(cfg: Config) -> dict:
         step = train_one_epoch(train_cell, dataset, epoch=epoch, step=step, lr=lr,
                                clips_per_step=cfg.data.batch_size * group_size,
                                log_interval=cfg.train.log_interval, run_log=run_log)
+        average_bn_statistics(net, group_size)
         if is_writer:
             save_training_state(train_cell, out, epoch + 1, step, cfg.train.keep_checkpoints)
         last = epoch + 1 == cfg.train.epochs
