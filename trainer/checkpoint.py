@@ -17,8 +17,8 @@ from mindspore import nn
 
 from trainer.config import Config
 
-__all__ = ["EPOCH_KEY", "STEP_KEY", "BEST_NAME", "run_dir", "best_checkpoint", "save_training_state", "latest_checkpoint",
-           "restore_training_state", "save_weights", "load_weights"]
+__all__ = ["EPOCH_KEY", "STEP_KEY", "BEST_NAME", "run_dir", "checkpoint_arg", "save_training_state",
+           "latest_checkpoint", "restore_training_state", "save_weights", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +37,12 @@ def run_dir(cfg: Config) -> Path:
     return Path(cfg.train.output_dir) / cfg.name
 
 
-def best_checkpoint(cfg: Config) -> Path:
-    """The default checkpoint of eval and export: the run's ``best.ckpt``."""
-    return run_dir(cfg) / BEST_NAME
+def checkpoint_arg(cfg: Config, ckpt: str | None) -> Path:
+    """A command's ``--ckpt``, by default the run's ``best.ckpt``; it must exist."""
+    path = Path(ckpt) if ckpt else run_dir(cfg) / BEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt not found: {path}")
+    return path
 
 
 def _atomic_save(save_obj, path: Path, append_dict: dict) -> None:
@@ -80,7 +83,8 @@ def _load(cell: nn.Cell, path: Path, *, allow_extra: bool) -> dict:
     missing, unused = ms.load_param_into_net(cell, params)
     missing = [k for k in missing if k not in FROM_CONFIG]
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} parameters of the network, e.g. {missing[:3]}")
+        raise ValueError(f"{path} lacks {len(missing)} network parameters, e.g. {missing[:3]}: "
+                         "wrong checkpoint or model config")
     if unused and not allow_extra:
         raise ValueError(f"{path} has {len(unused)} parameters the network lacks, e.g. {unused[:3]}")
     if unused:

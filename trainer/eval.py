@@ -19,7 +19,7 @@ import numpy as np
 from mindspore import nn
 
 from datatools.schema import LABEL, LABELS_NAME, read_labels
-from trainer.checkpoint import best_checkpoint, load_weights
+from trainer.checkpoint import checkpoint_arg, load_weights
 from trainer.cli import run_cli
 from trainer.config import config_from_args, config_parser
 from trainer.data import CLIP, MASK, create_dataset
@@ -106,9 +106,7 @@ def write_results(result: dict, out: str | Path, class_names: list[str]) -> Path
 
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
-    ckpt = Path(args.ckpt) if args.ckpt else best_checkpoint(cfg)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--ckpt not found: {ckpt}")
+    ckpt = checkpoint_arg(cfg, args.ckpt)
     class_names = read_labels(Path(cfg.data.root) / LABELS_NAME)
     if len(class_names) != cfg.model.num_classes:
         raise ValueError(f"model.num_classes={cfg.model.num_classes} but "

@@ -22,7 +22,7 @@ import mindspore as ms
 from mindspore import nn
 
 from datatools.schema import LABELS_NAME, read_labels
-from trainer.checkpoint import best_checkpoint, load_weights
+from trainer.checkpoint import checkpoint_arg, load_weights
 from trainer.cli import run_cli
 from trainer.config import Config, config_from_args, config_parser
 from trainer.exported import (DYNAMIC, FORMATS, export_path, metadata_path, read_metadata,
@@ -126,9 +126,7 @@ def main(args: argparse.Namespace) -> Path:
     cfg = config_from_args(args)
     batch = parse_batch(args.batch)
     _check_request(cfg, args.format, batch)  # before the slow network build
-    ckpt = Path(args.ckpt) if args.ckpt else best_checkpoint(cfg)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--ckpt not found: {ckpt}")
+    ckpt = checkpoint_arg(cfg, args.ckpt)
     rank, _ = init_runtime(cfg)
     setup_logging(rank)
     from trainer.model import create_model  # heavy; after the cheap checks

@@ -59,7 +59,8 @@ def test_metadata_describes_the_file(cfg, net, tiny_records, tmp_path):
     meta = json.loads(metadata_path(path).read_text())
     assert meta["sha256"] == sha256_file(path)
     assert meta["bytes"] == path.stat().st_size
-    assert meta["input_shape"] == [1, 4, 9, 96, 96]  # demo: T=4, N=3, crop 96
+    assert meta["input_shape"] == [1, cfg.test.segments, 3 * cfg.data.frames_per_segment,
+                                   cfg.test.crop, cfg.test.crop]
     assert meta["classes"] == read_labels(tiny_records.labels)
     assert meta["config"]["model"]["width"] == 8
     assert meta["checkpoint"] == "fresh.ckpt"

@@ -74,13 +74,18 @@ def run(tiny_records, tmp_path_factory):
             "post_line": post.stdout.strip().splitlines()[-1]}
 
 
+def _clip_shape(cfg) -> list[int]:
+    """One clip as the config's test protocol shapes it: (1, T, 3N, S, S)."""
+    return [1, cfg.test.segments, 3 * cfg.data.frames_per_segment, cfg.test.crop, cfg.test.crop]
+
+
 def test_preprocess_writes_every_video_once(run, tiny_records):
     meta, work = run["meta"], run["work"]
     labels = np.load(work / LABELS_FILE)
     assert meta["videos"] == len(labels) == 12  # the tiny val split, padding excluded
     assert len(meta["files"]) == CLIPS_PER_VIDEO * meta["videos"]
     assert len(set(meta["video_ids"])) == meta["videos"]
-    assert meta["clip_shape"] == [1, 4, 9, 96, 96]
+    assert meta["clip_shape"] == _clip_shape(run["cfg"])
     assert sorted(np.bincount(labels).tolist()) == [3, 3, 3, 3]
 
 
@@ -117,9 +122,10 @@ def test_postprocess_without_results_is_one_line_error(run, tmp_path):
 
 
 def test_runner_rejects_mismatched_export(run, tmp_path):
-    other = dict(read_meta(run["work"]), clip_shape=[1, 4, 9, 64, 64])
+    exported = _clip_shape(run["cfg"])
+    other = dict(read_meta(run["work"]), clip_shape=exported[:3] + [exported[3] + 8] * 2)
     (tmp_path / META_NAME).write_text(json.dumps(other))
-    with pytest.raises(ValueError, match=r"takes input \[1, 4, 9, 96, 96\]"):
+    with pytest.raises(ValueError, match=re.escape(f"takes input {exported}")):
         run_clips(run["export"] / "stnet_b1.mindir", tmp_path)
 
 

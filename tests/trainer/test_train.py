@@ -104,3 +104,16 @@ def test_demo_config_learns_far_above_chance(learnable_records, tmp_path):
                                       "train.epochs=6", "data.batch_size=8", "train.eval_interval=6"]))
     assert metrics["videos"] == 4 * LEARN_VAL_PER_CLASS
     assert metrics["top1"] >= 0.6, metrics  # chance is 0.25
+
+
+def test_plot_draws_the_run_curves(straight_run, tmp_path):
+    from PIL import Image
+
+    from trainer.plot import plot_run, read_run_log
+    train_lines, eval_lines = read_run_log(straight_run[0])
+    assert len(train_lines) == 4 and len(eval_lines) == 1   # log_interval 2, 8 steps; one eval
+    out = plot_run(straight_run[0], tmp_path / "curves.png")
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (1100, 400)
+    with pytest.raises(FileNotFoundError, match="no train.jsonl"):
+        read_run_log(tmp_path)
