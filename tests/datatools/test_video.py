@@ -1,11 +1,12 @@
 """datatools.video on real media: every bad source is a one-line VideoError; sizes and fps cap."""
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 import simplejpeg
 
-from datatools.video import VideoError, encode_video, stored_size
+from datatools.video import VideoError, encodes_from_planes, encode_frame, encode_video, stored_size
 from tests.datatools import bad_videos
 
 
@@ -60,3 +61,19 @@ def test_quality_changes_bytes(tmp_path):
     assert low < high
     decoded = simplejpeg.decode_jpeg(encode_video(path, 0, 95).jpegs[0])
     assert decoded.dtype == np.uint8
+
+
+@pytest.mark.parametrize("size", [(160, 120), (85, 64)])   # kept, and resized to odd width
+def test_planar_route_matches_the_rgb_route(tmp_path, size):
+    """4:2:0 BT.601 frames are encoded from their planes; the picture must equal the RGB route's."""
+    path = bad_videos.good(tmp_path / "v.mp4", num_frames=2, width=160, height=120)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    rgb_frame = frame.reformat(format="rgb24")
+    assert encodes_from_planes(frame) and not encodes_from_planes(rgb_frame)
+    planar = simplejpeg.decode_jpeg(encode_frame(frame, size, 95), colorspace="RGB").astype(float)
+    via_rgb = simplejpeg.decode_jpeg(encode_frame(rgb_frame, size, 95), colorspace="RGB").astype(float)
+    assert planar.shape == via_rgb.shape == (size[1], size[0], 3)
+    psnr = 10 * np.log10(255 ** 2 / np.mean((planar - via_rgb) ** 2))
+    assert psnr > 35, psnr
+    assert np.abs(planar.mean(axis=(0, 1)) - via_rgb.mean(axis=(0, 1))).max() < 3
