@@ -52,7 +52,8 @@ ifeq ($(CSV),)
 		$(PY) -m datatools.inspect records/demo/$$split || exit 1; \
 	done
 else
-	$(PY) -m datatools.labels $(CSV) $(OUT)/labels.txt
+	@# The label file comes from the first split converted (train); later splits reuse it.
+	test -f $(OUT)/labels.txt || $(PY) -m datatools.labels $(CSV) $(OUT)/labels.txt
 	$(PY) -m datatools.convert --csv $(CSV) --videos $(VIDEOS) --labels $(OUT)/labels.txt \
 		--out $(OUT)/$(SPLIT) --workers $(WORKERS)
 	$(PY) -m datatools.inspect $(OUT)/$(SPLIT)
