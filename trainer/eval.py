@@ -24,16 +24,12 @@ from trainer.cli import run_cli
 from trainer.config import config_from_args, config_parser
 from trainer.data import CLIP, MASK, create_dataset
 from trainer.runtime import all_reduce_sum, init_runtime, setup_logging
+from trainer.scoring import video_scores
 
 __all__ = ["evaluate", "summary_line", "write_results", "main"]
 
 logger = logging.getLogger(__name__)
 TOP_K = 5
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def _all_reduce_sum(values: np.ndarray) -> np.ndarray:
@@ -63,7 +59,7 @@ def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
         logits = net(ms.Tensor(clips.reshape(batch_size * num_clips, *clips.shape[2:]))).asnumpy()
         if logits.shape[-1] != num_classes:
             raise ValueError(f"network gives {logits.shape[-1]} classes, expected {num_classes}")
-        scores = _softmax(logits.astype(np.float64)).reshape(batch_size, num_clips, -1).mean(axis=1)
+        scores = video_scores(logits.reshape(batch_size, num_clips, -1))
         scores, labels = scores[mask], labels[mask].astype(np.int64)
         np.add.at(confusion, (labels, scores.argmax(axis=1)), 1)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]

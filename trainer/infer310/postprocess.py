@@ -3,8 +3,8 @@
     python -m trainer.infer310.postprocess --work export/310
     top1_correct=123, tot=200, acc=0.615
 
-A video's K clip results are scored by the mean of their softmax (float64), the rule
-trainer.eval uses, so both report the same top-1 for the same checkpoint. Needs only numpy.
+A video's K clip results are scored by ``trainer.scoring.video_scores``, the rule trainer.eval
+uses, so both report the same top-1 for the same checkpoint. Needs only numpy.
 """
 from __future__ import annotations
 
@@ -15,15 +15,9 @@ import numpy as np
 
 from trainer.cli import run_cli
 from trainer.infer310 import LABELS_FILE, RESULT_DIR, read_meta, result_name
+from trainer.scoring import video_scores
 
-__all__ = ["video_scores", "top1", "summary_line", "main"]
-
-
-def video_scores(logits: np.ndarray) -> np.ndarray:
-    """(videos, K, classes) logits -> (videos, classes) mean softmax over the K clips."""
-    logits = logits.astype(np.float64)
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (exp / exp.sum(axis=-1, keepdims=True)).mean(axis=1)
+__all__ = ["top1", "summary_line", "main"]
 
 
 def _read_results(work_dir: Path, files: list[str]) -> np.ndarray:
