@@ -53,15 +53,15 @@ def _amp_level(cfg: Config) -> str:
     return level
 
 
-def build_train_cell(net: nn.Cell, cfg: Config, steps_per_epoch: int) -> nn.Cell:
-    """Momentum with per-step LR; no weight decay on BN and biases (1-D parameters)."""
+def build_train_cell(net: nn.Cell, cfg: Config, lr: np.ndarray) -> nn.Cell:
+    """Momentum with the per-step rates ``lr``; no weight decay on BN and biases (1-D parameters)."""
     params = net.trainable_params()
     decayed = [p for p in params if p.ndim > 1]
     optimizer = nn.Momentum(
         [{"params": decayed, "weight_decay": cfg.train.weight_decay},
          {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
          {"order_params": params}],
-        learning_rate=ms.Tensor(build_lr(cfg.train, steps_per_epoch)), momentum=cfg.train.momentum)
+        learning_rate=ms.Tensor(lr), momentum=cfg.train.momentum)
     loss = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     level = _amp_level(cfg)
     scale = None if level == "O0" else ms.amp.FixedLossScaleManager(cfg.train.loss_scale,
@@ -157,8 +157,8 @@ def main(cfg: Config) -> dict:
     net = create_model(cfg)
     steps_per_epoch = create_dataset(cfg, cfg.data.train_split, training=True, rank=rank,
                                      group_size=group_size).get_dataset_size()
-    train_cell = build_train_cell(net, cfg, steps_per_epoch)
     lr = build_lr(cfg.train, steps_per_epoch)
+    train_cell = build_train_cell(net, cfg, lr)
     start_epoch, step = 0, 0
     resume = _resume_path(cfg)
     if resume is not None:
