@@ -27,7 +27,6 @@ RESULT_PREFIX = "RESULT "
 
 def measure(args: argparse.Namespace) -> dict:
     """Run in the worker: median seconds per forward+backward step of one variant."""
-    import trainer  # noqa: F401  (imported before MindSpore, as the trainer does)
     import mindspore as ms
     import numpy as np
 

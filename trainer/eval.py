@@ -19,7 +19,7 @@ import numpy as np
 from mindspore import nn
 
 from datatools.schema import LABEL, LABELS_NAME, read_labels
-from trainer.checkpoint import checkpoint_arg, load_weights
+from trainer.checkpoint import checkpoint_arg
 from trainer.cli import run_cli
 from trainer.config import config_from_args, config_parser
 from trainer.data import CLIP, MASK, create_dataset
@@ -109,9 +109,8 @@ def main(args: argparse.Namespace) -> dict:
                          f"{Path(cfg.data.root) / LABELS_NAME} has {len(class_names)} classes")
     rank, group_size = init_runtime(cfg)
     setup_logging(rank)
-    from trainer.model import create_model  # the network module is heavy; import after set-up
-    net = create_model(cfg)
-    load_weights(net, ckpt)
+    from trainer.precision import inference_network  # the network is heavy; import after set-up
+    net = inference_network(cfg, ckpt)   # cast as in training: in-run and standalone top-1 agree
     dataset = create_dataset(cfg, "val", training=False, rank=rank, group_size=group_size)
     result = evaluate(net, dataset, cfg.model.num_classes, group_size)
     if rank == 0:

@@ -12,10 +12,11 @@ from mindspore.communication import get_group_size, get_rank, init
 
 from trainer.config import Config
 
-__all__ = ["distributed_launch", "init_runtime", "setup_logging", "all_reduce_sum"]
+__all__ = ["distributed_launch", "init_runtime", "use_fast_cpu_kernels", "setup_logging", "all_reduce_sum"]
 
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+ONEDNN_ISA_VARIABLE, ONEDNN_ISA = "ONEDNN_MAX_CPU_ISA", "AVX2"
 
 
 def distributed_launch() -> bool:
@@ -34,6 +35,8 @@ def init_runtime(cfg: Config) -> tuple[int, int]:
         raise ValueError(f"device_target must be one of {DEVICE_TARGETS}, got {cfg.device_target!r}")
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {tuple(MODES)}, got {cfg.mode!r}")
+    if cfg.device_target == "CPU":
+        use_fast_cpu_kernels()
     ms.set_context(mode=MODES[cfg.mode])
     device_id = os.environ.get("DEVICE_ID") if cfg.device_target == "Ascend" else None
     ms.set_device(cfg.device_target, None if device_id is None else int(device_id))
@@ -44,9 +47,22 @@ def init_runtime(cfg: Config) -> tuple[int, int]:
     init()
     rank, size = get_rank(), get_group_size()
     # One fused AllReduce per 64 MB of gradients instead of one per parameter tensor (~320).
+    # set_auto_parallel_context is marked for deprecation, but 2.10's replacement
+    # (mindspore.parallel.auto_parallel.AutoParallel) takes only semi_auto, sharding_propagation
+    # and recursive_programming: plain data parallel, the only mode on CPU, has no other API.
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=size, comm_fusion={"allreduce": {"mode": "size", "config": 64}})
     return rank, size
+
+
+def use_fast_cpu_kernels() -> None:
+    """Cap oneDNN at AVX2 before the first CPU kernel runs (a user's own setting wins).
+
+    On these CPUs oneDNN otherwise picks reference convolution kernels (~14x slower per
+    training step, benchmarks/README.md). It affects only MindSpore's CPU kernels, so it is set
+    for CPU runs alone.
+    """
+    os.environ.setdefault(ONEDNN_ISA_VARIABLE, ONEDNN_ISA)
 
 
 def _share_cpu_threads(processes: int) -> None:

@@ -27,46 +27,26 @@ from trainer.config import Config, config_from_args, config_parser, save_config
 from trainer.data import create_dataset
 from trainer.eval import evaluate
 from trainer.model import create_model
+from trainer.precision import cast_network
 from trainer.pretrained import load_pretrained
 from trainer.runtime import all_reduce_sum, init_runtime, setup_logging
 from trainer.schedule import build_lr
+from trainer.train_step import build_train_cell, run_step
 
-__all__ = ["TrainingDiverged", "build_train_cell", "train_one_epoch", "average_bn_statistics", "main"]
+__all__ = ["TrainingDiverged", "train_one_epoch", "average_bn_statistics", "main"]
 
 logger = logging.getLogger(__name__)
 
-AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 BEST_SCORE_NAME = "best.json"
 LOG_NAME = "train.jsonl"
+# Under loss scaling a skipped step is normal (a dynamic scale probes upwards). This many in a
+# row means the loss itself diverged: a dynamic scale starting anywhere up to 2**24 has by then
+# sat at its floor of 1 for 8 steps.
+MAX_CONSECUTIVE_SKIPS = 32
 
 
 class TrainingDiverged(RunStopped):
     """The loss became NaN or infinite; the last epoch checkpoint is the last good state."""
-
-
-def _amp_level(cfg: Config) -> str:
-    level = cfg.train.amp_level
-    if level not in AMP_LEVELS:
-        raise ValueError(f"train.amp_level must be one of {AMP_LEVELS}, got {level!r}")
-    if level == "auto":  # mixed precision is 2-2.5x slower on CPU (DESIGN.md §5)
-        return "O2" if cfg.device_target == "Ascend" else "O0"
-    return level
-
-
-def build_train_cell(net: nn.Cell, cfg: Config, lr: np.ndarray) -> nn.Cell:
-    """Momentum with the per-step rates ``lr``; no weight decay on BN and biases (1-D parameters)."""
-    params = net.trainable_params()
-    decayed = [p for p in params if p.ndim > 1]
-    optimizer = nn.Momentum(
-        [{"params": decayed, "weight_decay": cfg.train.weight_decay},
-         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-         {"order_params": params}],
-        learning_rate=ms.Tensor(lr), momentum=cfg.train.momentum)
-    loss = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-    level = _amp_level(cfg)
-    scale = None if level == "O0" else ms.amp.FixedLossScaleManager(cfg.train.loss_scale,
-                                                                     drop_overflow_update=False)
-    return ms.amp.build_train_network(net, optimizer, loss, level=level, loss_scale_manager=scale)
 
 
 class RunLog:
@@ -85,29 +65,46 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
                     clips_per_step: int, log_interval: int, run_log: RunLog) -> int:
     """One pass over ``dataset``; returns the optimizer step count after it."""
     train_cell.set_train(True)
-    window_loss, window_wait, window_start = [], 0.0, time.perf_counter()
+    window_loss, window_steps, window_skipped, window_wait = [], 0, 0, 0.0
+    window_start, consecutive_skips = time.perf_counter(), 0
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     batch_count = dataset.get_dataset_size()
     for i in range(batch_count):
         wait_start = time.perf_counter()
         clip, label = next(iterator)[:2]
         window_wait += time.perf_counter() - wait_start
-        loss = float(train_cell(clip, label).asnumpy())
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss} at epoch {epoch + 1} step {step + 1}")
+        result = run_step(train_cell, clip, label)
         step += 1
-        window_loss.append(loss)
-        if len(window_loss) == log_interval or i == batch_count - 1:
+        window_steps += 1
+        consecutive_skips = consecutive_skips + 1 if result.skipped else 0
+        if result.skipped:
+            window_skipped += 1
+            logger.debug("step %d: gradient overflow, update skipped, loss scale now %g",
+                         step, result.loss_scale)
+        if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
+            raise TrainingDiverged(f"{consecutive_skips} consecutive steps overflowed at epoch "
+                                   f"{epoch + 1} step {step} (loss {result.loss}, loss scale "
+                                   f"{result.loss_scale:g})")
+        if not result.skipped and not math.isfinite(result.loss):
+            raise TrainingDiverged(f"loss is {result.loss} at epoch {epoch + 1} step {step}")
+        if math.isfinite(result.loss):
+            window_loss.append(result.loss)
+        if window_steps == log_interval or i == batch_count - 1:
             elapsed = time.perf_counter() - window_start
-            record = dict(epoch=epoch + 1, step=step, loss=float(np.mean(window_loss)),
+            record = dict(epoch=epoch + 1, step=step,
+                          loss=float(np.mean(window_loss)) if window_loss else float("nan"),
                           lr=float(lr[min(step - 1, len(lr) - 1)]),
-                          clips_per_s=clips_per_step * len(window_loss) / elapsed,
-                          data_wait=window_wait / elapsed)
-            logger.info("epoch %d step %d loss %.4f lr %.5f clips/s %.1f data wait %.0f%%",
+                          clips_per_s=clips_per_step * window_steps / elapsed,
+                          data_wait=window_wait / elapsed,
+                          loss_scale=result.loss_scale, skipped_steps=window_skipped)
+            logger.info("epoch %d step %d loss %.4f lr %.5f clips/s %.1f data wait %.0f%%%s",
                         record["epoch"], step, record["loss"], record["lr"], record["clips_per_s"],
-                        100 * record["data_wait"])
+                        100 * record["data_wait"],
+                        f" loss scale {result.loss_scale:g} skipped {window_skipped}"
+                        if result.loss_scale != 1.0 or window_skipped else "")
             run_log.write(**record)
-            window_loss, window_wait, window_start = [], 0.0, time.perf_counter()
+            window_loss, window_steps, window_skipped, window_wait = [], 0, 0, 0.0
+            window_start = time.perf_counter()
     return step
 
 
@@ -155,17 +152,18 @@ def main(cfg: Config) -> dict:
     ms.set_seed(cfg.seed)
 
     net = create_model(cfg)
+    resume = _resume_path(cfg)
+    if resume is None and cfg.model.pretrained:
+        load_pretrained(net, cfg.model.pretrained)
+    net = cast_network(net, cfg)   # the same cast as trainer.eval and trainer.export
     steps_per_epoch = create_dataset(cfg, cfg.data.train_split, training=True, rank=rank,
                                      group_size=group_size).get_dataset_size()
     lr = build_lr(cfg.train, steps_per_epoch)
     train_cell = build_train_cell(net, cfg, lr)
     start_epoch, step = 0, 0
-    resume = _resume_path(cfg)
     if resume is not None:
         start_epoch, step = restore_training_state(train_cell, resume)
         logger.info("resumed from %s: %d epochs, %d steps done", resume, start_epoch, step)
-    elif cfg.model.pretrained:
-        load_pretrained(net, cfg.model.pretrained)
     best = _read_best(out)
     logger.info("run %s: %d ranks, %d steps/epoch, %d clips/step, epochs %d..%d",
                 out, group_size, steps_per_epoch, cfg.data.batch_size * group_size,

@@ -1,0 +1,107 @@
+"""The optimizer step: Momentum on the cross-entropy, with loss scaling under mixed precision.
+
+Under O1/O2/O3 the loss is multiplied by a scale before the backward pass so small float16
+gradients do not flush to zero. The step divides the gradients by the same scale before the
+optimizer sees them, and skips the update when any gradient is inf/NaN (a float16 overflow).
+The optimizer itself gets no ``loss_scale`` (it would divide a second time). MindSpore's
+``build_train_network`` with ``FixedLossScaleManager(drop_overflow_update=False)`` does neither
+unless the optimizer is given the scale too: that applied updates 1024x too large.
+
+``dynamic`` halves the scale on an overflow and doubles it after ``loss_scale_window`` clean
+steps; ``fixed`` keeps it. MindSpore's overflow check uses Ascend/GPU status registers, so on
+CPU (where O2 runs in the tests) the check is an isfinite over the gradients instead; the scale
+arithmetic, the skip and the gradient all-reduce are MindSpore's own cell on every device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from trainer.config import Config, ConfigError
+from trainer.precision import amp_level
+
+__all__ = ["LOSS_SCALE_MANAGERS", "StepResult", "LossScaledTrainStep", "build_train_cell", "run_step"]
+
+LOSS_SCALE_MANAGERS = ("dynamic", "fixed")
+
+_not_finite = ops.MultitypeFuncGraph("not_finite")
+
+
+@_not_finite.register("Tensor")
+def _tensor_not_finite(grad):
+    return ops.logical_not(ops.isfinite(grad).all()).astype(ms.float32)
+
+
+class LossScaledTrainStep(nn.TrainOneStepWithLossScaleCell):
+    """MindSpore's loss-scaled step with a device-independent overflow check off Ascend/GPU.
+
+    Returns ``(loss, overflow, scale)``: the step's float32 loss, True when the update was
+    skipped, and the loss scale after this step's update of it.
+    """
+
+    def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, scale_sense: nn.Cell) -> None:
+        super().__init__(network, optimizer, scale_sense)
+        self.native_overflow_check = ms.get_context("device_target") in ("Ascend", "GPU")
+
+    def get_overflow_status(self, status, compute_output):
+        if self.native_overflow_check:
+            return super().get_overflow_status(status, compute_output)
+        flags = ops.AddN()(self.hyper_map(_not_finite, compute_output))
+        if self.is_distributed:
+            flags = self.allreduce(flags)
+        return flags > 0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    skipped: bool          # update skipped: a gradient overflowed under loss scaling
+    loss_scale: float      # 1.0 without loss scaling
+
+
+def _optimizer(net: nn.Cell, cfg: Config, lr: np.ndarray) -> nn.Optimizer:
+    """Momentum with the per-step rates ``lr``; no weight decay on BN and biases (1-D)."""
+    params = net.trainable_params()
+    return nn.Momentum(
+        [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.train.weight_decay},
+         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+         {"order_params": params}],
+        learning_rate=ms.Tensor(lr), momentum=cfg.train.momentum)
+
+
+def _scale_update_cell(cfg: Config) -> nn.Cell:
+    manager, scale = cfg.train.loss_scale_manager, cfg.train.loss_scale
+    if manager not in LOSS_SCALE_MANAGERS:
+        raise ConfigError(f"train.loss_scale_manager must be one of {'|'.join(LOSS_SCALE_MANAGERS)}, "
+                          f"got {manager!r}")
+    if not scale >= 1:
+        raise ConfigError(f"train.loss_scale must be >= 1, got {scale!r}")
+    if manager == "fixed":
+        return nn.FixedLossScaleUpdateCell(scale)
+    if cfg.train.loss_scale_window < 1:
+        raise ConfigError(f"train.loss_scale_window must be >= 1, got {cfg.train.loss_scale_window!r}")
+    return nn.DynamicLossScaleUpdateCell(scale, scale_factor=2, scale_window=cfg.train.loss_scale_window)
+
+
+def build_train_cell(net: nn.Cell, cfg: Config, lr: np.ndarray) -> nn.Cell:
+    """The train step for ``net``, already cast by ``trainer.precision.cast_network``.
+
+    O0 is a plain ``TrainOneStepCell``; any other level a ``LossScaledTrainStep``.
+    """
+    loss = nn.WithLossCell(net, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing))
+    optimizer = _optimizer(net, cfg, lr)
+    if amp_level(cfg) == "O0":
+        return nn.TrainOneStepCell(loss, optimizer).set_train()
+    return LossScaledTrainStep(loss, optimizer, _scale_update_cell(cfg)).set_train()
+
+
+def run_step(train_cell: nn.Cell, clip: ms.Tensor, label: ms.Tensor) -> StepResult:
+    """One optimizer step; reads back the loss (and the overflow flag and scale when scaled)."""
+    out = train_cell(clip, label)
+    if isinstance(out, tuple):
+        loss, overflow, scale = out
+        return StepResult(float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy()))
+    return StepResult(float(out.asnumpy()), False, 1.0)
