@@ -9,13 +9,17 @@ Input (B, T, 3N, H, W): T segments of N consecutive RGB frames stacked frame-maj
 temporal blocks (Conv3d over T) after layer2 and layer3 mix segments; global spatial mean, a
 temporal Xception head over T, max over T, Dense.
 
+Padding is the reference's: a square conv pads k//2 on every side, given as one int (conv1 7×7/2
+pads 3, every bottleneck 3×3 pads 1, the stride-2 ones too). ``pad_mode="same"`` would pad a
+stride-2 conv on an even input (k−2)//2 before and the rest after ((2,3) for conv1, (0,1) for a
+3×3), shifting the sampling grid by a pixel: the model zoo's released checkpoint then loads by
+name and shape, but its logits move by about half their size. One int padding exports to ONNX
+correctly (a non-square tuple does not), so the temporal (3,1) and (3,1,1) convs keep ``"same"``,
+which at stride 1 is that symmetric padding.
+
 Departures from the model zoo port, on purpose:
 - global mean/max instead of AvgPool(7)/MaxPool(T), so any T and input size work (multi-clip and
-  256 test crops);
-- every conv is ``pad_mode="same"`` and the spatial pool is a mean, the only forms that export to
-  ONNX correctly (DESIGN.md §5). The stride-2 convs therefore pad (k-1)//2 before and the rest after
-  instead of symmetrically: the model zoo checkpoint loads by name and shape, its outputs shift
-  slightly;
+  256 test crops), and a mean exports to ONNX where AdaptiveAvgPool2d does not;
 - ``xception="depthwise"`` (the paper's and Paddle's head) is the default; ``"dense"`` is the model
   zoo port, whose parameter names and shapes it reproduces exactly (301 tensors at depth 50).
 Parameter names follow the official MindSpore ResNet (``layerX.Y.convK``, ``down_sample_layer``)
@@ -45,9 +49,16 @@ STAGE_STRIDES = (1, 2, 2, 2)
 
 def _conv(in_channels: int, out_channels: int, kernel_size, *, stride: int = 1, group: int = 1,
           has_bias: bool = False, weight_init=None) -> nn.Conv2d:
-    """Export-safe 2D conv: ``pad_mode="same"``, never explicit per-axis padding."""
-    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, pad_mode="same",
-                     group=group, has_bias=has_bias,
+    """2D conv padded as the reference: k//2 on every side for a square kernel (one int, which
+    exports to ONNX), ``"same"`` for the stride-1 temporal (3,1) kernels (equal to symmetric)."""
+    if isinstance(kernel_size, int):
+        padding = {"pad_mode": "pad", "padding": kernel_size // 2}
+    elif stride == 1:
+        padding = {"pad_mode": "same"}
+    else:
+        raise ValueError(f"a non-square kernel {kernel_size} must have stride 1, got {stride}")
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, group=group,
+                     has_bias=has_bias, **padding,
                      weight_init=weight_init or HeNormal(mode="fan_out", nonlinearity="relu"))
 
 

@@ -83,6 +83,26 @@ def test_output_shape(pynative, t, n, h, w, width):
     assert np.isfinite(out.asnumpy()).all()
 
 
+@pytest.mark.parametrize("xception", ["depthwise", "dense"])
+def test_every_strided_conv_pads_symmetrically_as_the_reference(pynative, xception):
+    """conv1 (7×7/2), the stride-2 bottleneck 3×3s and their 1×1 shortcuts equal ops.conv2d with
+    k//2 on every side: "same" would pad (2,3) and (0,1) and shift the grid by a pixel."""
+    net = StNet(num_classes=5, frames_per_segment=2, width=8, xception=xception)
+    strided = [(name, cell) for name, cell in net.cells_and_names()
+               if isinstance(cell, ms.nn.Conv2d) and tuple(cell.stride)[-2:] == (2, 2)]
+    assert [name for name, _ in strided] == ["conv1", "layer2.0.conv2", "layer2.0.down_sample_layer.0",
+                                             "layer3.0.conv2", "layer3.0.down_sample_layer.0",
+                                             "layer4.0.conv2", "layer4.0.down_sample_layer.0"]
+    rng = np.random.default_rng(1)
+    for name, conv in strided:
+        x = ms.Tensor(rng.standard_normal((2, conv.in_channels, 16, 16), np.float32))
+        kernel = conv.kernel_size[0]
+        expected = ms.ops.conv2d(x, conv.weight, stride=2, pad_mode="pad", padding=kernel // 2)
+        assert conv(x).shape == expected.shape == (2, conv.out_channels, 8, 8), name
+        np.testing.assert_allclose(conv(x).asnumpy(), expected.asnumpy(), rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+
+
 def test_graph_and_pynative_agree_and_batch_is_independent():
     ms.set_context(mode=ms.PYNATIVE_MODE)
     net = StNet(num_classes=5, frames_per_segment=2, width=4, xception="dense")
