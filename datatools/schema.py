@@ -19,7 +19,7 @@ __all__ = [
     "SCHEMA_VERSION", "VIDEO_ID", "LABEL", "NUM_FRAMES", "HEIGHT", "WIDTH", "FRAMES", "OFFSETS",
     "RECORD_SCHEMA", "RECORD_COLUMNS", "MANIFEST_NAME", "LABELS_NAME", "STATUS_OK", "STATUS_FAILED",
     "MANIFEST_SCHEMA", "META_SCHEMA_VERSION", "META_SETTINGS", "SchemaVersionError",
-    "shard_name", "pack_frames", "frame_bytes", "read_manifest", "manifest_settings",
+    "shard_name", "pack_frames", "frame_bytes", "read_manifest", "manifest_settings", "source_sizes",
     "ok_shard_paths", "read_labels",
 ]
 
@@ -110,6 +110,13 @@ def read_manifest(split_dir: str | Path) -> pa.Table:
 def manifest_settings(table: pa.Table) -> dict:
     """Conversion settings stored in the manifest metadata."""
     return json.loads((table.schema.metadata or {}).get(META_SETTINGS, b"{}"))
+
+
+def source_sizes(table: pa.Table) -> dict[str, tuple[int, int]]:
+    """(height, width) of each converted video's source, by video_id (stored frames may be smaller)."""
+    rows = zip(table.column("video_id").to_pylist(), table.column("status").to_pylist(),
+               table.column("src_height").to_pylist(), table.column("src_width").to_pylist())
+    return {vid: (height, width) for vid, status, height, width in rows if status == STATUS_OK}
 
 
 def ok_shard_paths(split_dir: str | Path) -> list[str]:

@@ -73,28 +73,83 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _load(cell: nn.Cell, path: Path, *, allow_extra: bool) -> dict:
+# Train-cell state that may be absent or surplus when a run is resumed with another amp level:
+# the loss scale exists only under O1-O3 (a missing one starts from train.loss_scale).
+AMP_STATE = ("scale_sense",)
+# Grouped in the report: one entry per parameter (Momentum's moments, other optimizers' slots).
+_SLOT_PREFIXES = ("moments.", "accum.", "moment1.", "moment2.")
+
+
+def _describe_surplus(keys: list[str]) -> str:
+    """``moments.* (301), learning_rate, global_step`` and the like, for one log line."""
+    groups: dict[str, int] = {}
+    for key in keys:
+        prefix = next((p for p in _SLOT_PREFIXES if key.startswith(p)), None)
+        label = f"{prefix}*" if prefix else key
+        groups[label] = groups.get(label, 0) + 1
+    return ", ".join(f"{k} ({n})" if n > 1 else k for k, n in sorted(groups.items()))
+
+
+def _shape_cause(key: str, found: tuple, expected: tuple) -> str:
+    """The config setting that most likely explains a shape mismatch on ``key``."""
+    if key.startswith(("xception.att_conv.", "xception.att_1.")) and key.endswith("weight"):
+        variant = "depthwise" if found[1] == 1 else "dense"
+        return f"the checkpoint has the {variant} temporal Xception head: set model.xception={variant}"
+    if key.startswith("fc.") and found[1:] == expected[1:]:
+        return (f"the checkpoint classifies {found[0]} classes, model.num_classes={expected[0]}: set "
+                f"model.num_classes={found[0]}, or fine-tune from it with model.pretrained")
+    if key == "conv1.weight" and found[0] == expected[0] and found[1] % 3 == 0:
+        return (f"the checkpoint stacks {found[1] // 3} frames per segment: set "
+                f"data.frames_per_segment={found[1] // 3}")
+    return "another model.depth/model.width or another architecture"
+
+
+def _imagenet_hint(path: Path, state: dict) -> str | None:
+    """A hint when ``state`` is a 2D ResNet (3-channel conv1 or an ImageNet ``end_point``
+    classifier, no temporal layers) rather than an StNet."""
+    stem = state.get("conv1.weight")
+    two_d = (stem is not None and stem.shape[1] == 3) or "end_point.weight" in state
+    if two_d and not any(k.startswith("temp1.") for k in state):
+        return (f"{path} is a 2D ImageNet ResNet checkpoint, not an StNet one: initialise "
+                f"training from it with model.pretrained={path}")
+    return None
+
+
+def _load(cell: nn.Cell, path: Path, *, training_state: bool) -> dict:
+    """Load ``path`` into ``cell`` after checking every name and shape; returns the epoch/step
+    stored in the file. ``training_state``: ``cell`` is a train cell (optimizer included)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     params = ms.load_checkpoint(str(path))
-    extras = {k: params.pop(k) for k in (EPOCH_KEY, STEP_KEY) if k in params}
-    for key in FROM_CONFIG:
+    position = {k: int(params.pop(k).asnumpy()) for k in (EPOCH_KEY, STEP_KEY) if k in params}
+    for key in FROM_CONFIG if training_state else ():
         params.pop(key, None)
-    missing, unused = ms.load_param_into_net(cell, params)
-    missing = [k for k in missing if k not in FROM_CONFIG]
+    wanted = {p.name: p for p in cell.get_parameters()}
+    missing = [k for k in wanted if k not in params and not (training_state and k in FROM_CONFIG + AMP_STATE)]
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} network parameters, e.g. {missing[:3]}: "
-                         "wrong checkpoint or model config")
-    if unused and not allow_extra:
-        raise ValueError(f"{path} has {len(unused)} parameters the network lacks, e.g. {unused[:3]}")
-    if unused:
-        logger.info("%s: ignored %d entries not in the network (optimizer state)", path, len(unused))
-    return {k: int(v.asnumpy()) for k, v in extras.items()}
+        hint = _imagenet_hint(path, params)
+        raise ValueError(hint or f"{path} lacks {len(missing)} network parameters, e.g. {missing[:3]}: "
+                                 f"wrong checkpoint or model config")
+    for key, value in params.items():
+        if key in wanted and tuple(value.shape) != tuple(wanted[key].shape):
+            found, expected = tuple(value.shape), tuple(wanted[key].shape)
+            raise ValueError(f"{path}: {key} is {found} in the checkpoint but {expected} in the "
+                             f"network: {_shape_cause(key, found, expected)}")
+    surplus = sorted(k for k in params if k not in wanted)
+    unexpected = [k for k in surplus if k not in AMP_STATE] if training_state else []
+    if unexpected:
+        raise ValueError(f"{path} has {len(unexpected)} entries the training state lacks, e.g. "
+                         f"{unexpected[:3]}: a checkpoint of another model config")
+    if surplus:
+        logger.info("%s: %d entries are not network parameters and were not loaded: %s", path,
+                    len(surplus), _describe_surplus(surplus))
+    ms.load_param_into_net(cell, {k: v for k, v in params.items() if k in wanted}, strict_load=True)
+    return position
 
 
 def restore_training_state(train_cell: nn.Cell, path: Path) -> tuple[int, int]:
     """Load network and optimizer state; returns ``(epochs_done, steps_done)`` from the file."""
-    position = _load(train_cell, path, allow_extra=False)
+    position = _load(train_cell, path, training_state=True)
     if EPOCH_KEY not in position or STEP_KEY not in position:
         raise ValueError(f"{path} is not a training checkpoint (no {EPOCH_KEY}/{STEP_KEY} inside)")
     return position[EPOCH_KEY], position[STEP_KEY]
@@ -107,4 +162,4 @@ def save_weights(net: nn.Cell, path: Path, epoch: int) -> None:
 
 def load_weights(net: nn.Cell, path: str | Path) -> None:
     """Load every network parameter from a weights or training checkpoint, or raise."""
-    _load(net, Path(path), allow_extra=True)
+    _load(net, Path(path), training_state=False)

@@ -18,13 +18,14 @@ import cv2
 import mindspore.dataset as ds
 import numpy as np
 import simplejpeg
+from PIL import Image
 
 from datatools.schema import (FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, frame_bytes,
-                              ok_shard_paths)
-from trainer.config import Config
+                              manifest_settings, ok_shard_paths, read_manifest, source_sizes)
+from trainer.config import Config, ConfigError
 
-__all__ = ["MEAN", "STD", "CLIP", "MASK", "ClipSampler", "ClipDecoder", "TrainClips", "EvalClips",
-           "split_dir", "records", "create_dataset"]
+__all__ = ["MEAN", "STD", "CLIP", "MASK", "RESIZE_MODES", "ClipSampler", "ClipDecoder", "TrainClips",
+           "EvalClips", "clip_decoder", "split_dir", "records", "create_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ STD = (0.229, 0.224, 0.225)
 CLIP = "clip"
 MASK = "mask"
 SPLIT_KEYS = ("train", "val")
+RESIZE_MODES = ("keep", "zoo")
+_LOGGED: set[str] = set()
 _READ_COLUMNS = [FRAMES, OFFSETS, NUM_FRAMES, LABEL, VIDEO_ID]
 
 
@@ -95,58 +98,97 @@ class ClipSampler:
 class ClipDecoder:
     """Decode the frames a clip uses, crop them at one box, flip, normalize.
 
-    Reads the record's ``frames`` blob and ``offsets``; frames whose short side differs from
-    ``short_side`` are rescaled first (the converter never upscales, DESIGN.md §6). Returns
-    float32 (T, 3N, crop, crop): the N frames of a segment are stacked as N RGB triples.
+    Reads the record's ``frames`` blob and ``offsets`` and scales each frame (``scaled_size``)
+    before cropping. ``resize="keep"``: the aspect is kept and the short side becomes
+    ``short_side`` (the converter never upscales, so small sources are scaled up here).
+    ``resize="zoo"`` reproduces the model zoo's pixels: a frame whose *source* short side is not
+    ``short_side`` is squashed to ``int(short_side·4/3)×short_side`` (341×256, portrait
+    256×341) with PIL's bilinear filter, from the stored frame in one resize; a video in
+    ``source_sizes`` (those whose source short side is already ``short_side``) is seen at its
+    source size, as the reference leaves it; JPEGs are decoded with libjpeg's accurate DCT and upsampling, as PIL does; the centre crop sits at
+    ``round((w−crop)/2)`` (half to even), not the floor.
+
+    Returns float32 (T, 3N, crop, crop): the N frames of a segment are stacked as N RGB triples.
+    With ``normalize=False`` the same pixels stay uint8 (4× fewer bytes), for a graph that
+    normalizes its input itself (``trainer.export --input uint8``).
     """
 
-    def __init__(self, short_side: int, crop: int) -> None:
+    def __init__(self, short_side: int, crop: int, normalize: bool = True, *, resize: str = "keep",
+                 source_sizes: dict[str, tuple[int, int]] | None = None) -> None:
         if crop < 1 or crop > short_side:
             raise ValueError(f"crop must be in 1..short_side={short_side}, got {crop!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"data.resize must be one of {'|'.join(RESIZE_MODES)}, got {resize!r}")
         self.short_side = short_side
         self.crop = crop
+        self.normalize = normalize
+        self.resize = resize
+        self.source_sizes = source_sizes or {}
+        self.dtype = np.float32 if normalize else np.uint8
         # uint8 -> normalized float32 per channel as a lookup table: cv2.LUT writes each plane
         # straight into the output, ~10x faster than numpy's cast + HWC->CHW transpose.
         levels = np.arange(256, dtype=np.float32)[None] / 255.0
         self._lut = np.ascontiguousarray(
             (levels - np.asarray(MEAN, np.float32)[:, None]) / np.asarray(STD, np.float32)[:, None])
 
-    def scaled_size(self, height: int, width: int) -> tuple[int, int]:
-        """(height, width) after scaling the short side to ``short_side``."""
+    def scaled_size(self, height: int, width: int, video_id: str = "") -> tuple[int, int]:
+        """(height, width) a stored frame of ``video_id`` is scaled to before cropping."""
+        if self.resize == "zoo":
+            if video_id in self.source_sizes:
+                return self.source_sizes[video_id]
+            long_side = int(self.short_side * 4 / 3)
+            return (long_side, self.short_side) if height > width else (self.short_side, long_side)
         short = min(height, width)
         if short == self.short_side:
             return height, width
         return round(height * self.short_side / short), round(width * self.short_side / short)
 
-    def decode(self, blob: memoryview, offsets: np.ndarray, indices: np.ndarray) -> list[np.ndarray]:
-        """uint8 (H, W, 3) frames at the short side, one per index (repeats decoded once)."""
+    def center_box(self, height: int, width: int) -> tuple[int, int]:
+        """(top, left) of the centre crop: floor for ``keep``, the zoo's half-to-even rounding."""
+        if self.resize == "zoo":
+            return round((height - self.crop) / 2), round((width - self.crop) / 2)
+        return (height - self.crop) // 2, (width - self.crop) // 2
+
+    def _scale(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
+        if self.resize == "zoo":   # the reference's PIL bilinear (a filter sized to the scale)
+            return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+
+    def decode(self, blob: memoryview, offsets: np.ndarray, indices: np.ndarray,
+               video_id: str = "") -> list[np.ndarray]:
+        """uint8 (H, W, 3) frames at their scaled size, one per index (repeats decoded once)."""
+        fast = self.resize == "keep"
         cache: dict[int, np.ndarray] = {}
         frames = []
         for index in indices.ravel().tolist():
             if index not in cache:
                 image = simplejpeg.decode_jpeg(frame_bytes(blob, offsets, index), colorspace="RGB",
-                                               fastdct=True, fastupsample=True)
-                height, width = self.scaled_size(*image.shape[:2])
+                                               fastdct=fast, fastupsample=fast)
+                height, width = self.scaled_size(*image.shape[:2], video_id)
                 if (height, width) != image.shape[:2]:
-                    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+                    image = self._scale(image, height, width)
                 cache[index] = image
             frames.append(cache[index])
         return frames
 
     def __call__(self, frames: list[np.ndarray], num_segments: int, top: int, left: int,
                  flip: bool) -> np.ndarray:
-        """Crop ``frames`` (T·N decoded frames) at (top, left) and return the normalized clip."""
+        """Crop ``frames`` (T·N decoded frames) at (top, left) and return the clip."""
         c = self.crop
-        out = np.empty((len(frames), 3, c, c), np.float32)
+        out = np.empty((len(frames), 3, c, c), self.dtype)
         for i, frame in enumerate(frames):
             patch = frame[top:top + c, left:left + c]
             patch = cv2.flip(patch, 1) if flip else np.ascontiguousarray(patch)
+            if not self.normalize:
+                out[i] = patch.transpose(2, 0, 1)
+                continue
             for channel, plane in enumerate(cv2.split(patch)):
                 cv2.LUT(plane, self._lut[channel], dst=out[i, channel])
         return out.reshape(num_segments, -1, c, c)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(short_side={self.short_side}, crop={self.crop})"
+        return (f"{type(self).__name__}(short_side={self.short_side}, crop={self.crop}, "
+                f"normalize={self.normalize})")
 
 
 def _blob(frames: np.ndarray) -> memoryview:
@@ -171,7 +213,7 @@ class TrainClips:
     def __call__(self, frames, offsets, num_frames, label, video_id):
         rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(str(video_id).encode())])
         indices = self.sampler.train_indices(int(num_frames), rng)
-        decoded = self.decoder.decode(_blob(frames), offsets, indices)
+        decoded = self.decoder.decode(_blob(frames), offsets, indices, str(video_id))
         height, width = decoded[0].shape[:2]
         crop = self.decoder.crop
         top = int(rng.integers(0, height - crop + 1))
@@ -200,12 +242,11 @@ class EvalClips:
     def __call__(self, frames, offsets, num_frames, label, video_id):
         t, n, c = self.sampler.num_segments, self.sampler.frames_per_segment, self.decoder.crop
         if int(num_frames) == 0:
-            clip = np.zeros((self.num_clips, t, 3 * n, c, c), np.float32)
+            clip = np.zeros((self.num_clips, t, 3 * n, c, c), self.decoder.dtype)
             return clip, np.int32(label), np.int32(0), video_id
         indices = self.sampler.test_indices(int(num_frames), self.num_clips)
-        decoded = self.decoder.decode(_blob(frames), offsets, indices)
-        height, width = decoded[0].shape[:2]
-        top, left = (height - c) // 2, (width - c) // 2
+        decoded = self.decoder.decode(_blob(frames), offsets, indices, str(video_id))
+        top, left = self.decoder.center_box(*decoded[0].shape[:2])
         per_clip = t * n
         clip = np.stack([self.decoder(decoded[k * per_clip:(k + 1) * per_clip], t, top, left, False)
                          for k in range(self.num_clips)])
@@ -255,8 +296,45 @@ def records(cfg: Config, split: str, *, training: bool, rank: int = 0, group_siz
     return ds.MindDataset(shards, columns_list=_READ_COLUMNS, shuffle=False, **sharding, **padding)
 
 
+def _log_once(message: str, *args) -> None:
+    """Datasets are built per epoch and per split; a setting worth knowing is logged once."""
+    text = message % args
+    if text not in _LOGGED:
+        _LOGGED.add(text)
+        logger.info(text)
+
+
+def clip_decoder(cfg: Config, split: str, crop: int, normalize: bool = True) -> ClipDecoder:
+    """The decoder for a split, checked against the conversion settings stored in its manifest.
+
+    A stored short side below the crop is refused (every clip would be upscaled from too few
+    pixels); one that differs from ``data.short_side`` is rescaled at read time, which is said
+    once. ``data.resize=zoo`` takes the source sizes from the manifest.
+    """
+    folder = split_dir(cfg, split)
+    table = read_manifest(folder)
+    stored = manifest_settings(table).get("short_side")
+    if stored is not None and stored < crop:
+        raise ValueError(f"{folder} is stored at short side {stored}, below the crop {crop}: "
+                         f"reconvert it with datatools.convert --short-side {crop} or more, or lower "
+                         f"data.crop_size / test.crop")
+    if cfg.data.resize not in RESIZE_MODES:
+        raise ConfigError(f"data.resize must be one of {'|'.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
+    short = cfg.data.short_side
+    if cfg.data.resize == "zoo":
+        _log_once("%s: data.resize=zoo: frames of sources whose short side is not %d are squashed "
+                  "to %dx%d as the model zoo does (stored at short side %s)", folder, short,
+                  int(short * 4 / 3), short, stored)
+        sizes = {vid: size for vid, size in source_sizes(table).items() if min(size) == short}
+        return ClipDecoder(short, crop, normalize, resize="zoo", source_sizes=sizes)
+    if stored is not None and stored != short:
+        _log_once("%s is stored at short side %d; frames are scaled to data.short_side=%d at read "
+                  "time", folder, stored, short)
+    return ClipDecoder(short, crop, normalize)
+
+
 def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, group_size: int = 1,
-                   epoch: int = 0) -> ds.Dataset:
+                   epoch: int = 0, normalize: bool = True) -> ds.Dataset:
     """Batched clips of one split, sharded over ``group_size`` ranks.
 
     Parameters
@@ -281,16 +359,19 @@ def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, gr
         Training epoch this dataset serves: build one dataset per epoch. The shuffle order and
         every augmentation draw derive from ``(seed, epoch)``, so a resumed run repeats the
         uninterrupted one exactly. Ignored for evaluation.
+    normalize : bool
+        False: evaluation clips stay uint8 pixels (``ClipDecoder``), for the 310 path's graph
+        that normalizes its own input. Ignored for training.
     """
     data = records(cfg, split, training=training, rank=rank, group_size=group_size, epoch=epoch)
     workers = max(1, min(cfg.data.num_workers, os.cpu_count() or 1))
     sampler = ClipSampler(cfg.data.num_segments if training else cfg.test.segments,
                           cfg.data.frames_per_segment)
     if training:
-        op = TrainClips(sampler, ClipDecoder(cfg.data.short_side, cfg.data.crop_size), cfg.seed, epoch)
+        op = TrainClips(sampler, clip_decoder(cfg, split, cfg.data.crop_size), cfg.seed, epoch)
         columns, batch_size = [CLIP, LABEL], cfg.data.batch_size
     else:
-        op = EvalClips(sampler, ClipDecoder(cfg.data.short_side, cfg.test.crop), cfg.test.clips)
+        op = EvalClips(sampler, clip_decoder(cfg, split, cfg.test.crop, normalize), cfg.test.clips)
         columns, batch_size = [CLIP, LABEL, MASK, VIDEO_ID], cfg.test.batch_size
     logger.info("%s split %s: rank %d/%d, %r", "train" if training else "eval", split, rank,
                 group_size, op)

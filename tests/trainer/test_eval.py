@@ -15,7 +15,8 @@ import pytest
 from datatools.schema import LABEL
 from trainer.config import load_config
 from trainer.data import CLIP, MASK, create_dataset
-from trainer.eval import evaluate, load_weights
+from trainer.checkpoint import load_weights
+from trainer.eval import evaluate
 from trainer.model import create_model
 from trainer.runtime import init_runtime
 
