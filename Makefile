@@ -4,7 +4,11 @@ PYTHON_BOOT ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export PYTHONPATH := $(CURDIR)
+# Project root first, then the caller's PYTHONPATH, never replacing it: CANN's set_env.sh puts its
+# TBE/op-impl Python paths there. A sub-make (demo) finds the root already in front and keeps it.
+ifneq ($(firstword $(subst :, ,$(PYTHONPATH))),$(CURDIR))
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+endif
 
 CONFIG ?= configs/demo.yaml
 MASTER_PORT ?= 8118
@@ -28,7 +32,7 @@ CKPT ?=
 # Without CKPT, eval and export use the run's best.ckpt (runs/<name>/best.ckpt).
 CKPT_ARG = $(if $(CKPT),--ckpt $(CKPT))
 
-.PHONY: setup test records train train-8p eval export-310 demo
+.PHONY: setup test records train train-8p eval package-310 export-310 demo
 
 setup: $(VENV)/.installed
 
@@ -40,6 +44,18 @@ $(VENV)/.installed: requirements.txt
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# What every target runs with, as its python sees it: interpreter, PYTHONPATH, sys.path, MindSpore
+# version and default device. On an Ascend host: are CANN's set_env.sh paths there, is it Ascend?
+.PHONY: env
+env:
+	@test -x $(PY) || { echo "error: $(PY) not found: run make setup" >&2; exit 1; }
+	@$(PY) -c 'import os, sys; \
+		print("python:", sys.executable, sys.version.split()[0]); \
+		print("PYTHONPATH:", os.environ.get("PYTHONPATH", "<unset>")); \
+		print("sys.path:", *(p for p in sys.path if p), sep="\n  "); \
+		import mindspore as ms; \
+		print("mindspore:", ms.__version__, "device_target:", ms.get_context("device_target"))'
 
 records: setup
 ifeq ($(CSV),)
@@ -75,17 +91,24 @@ eval: setup
 	$(if $(filter 1,$(NPROC)),$(PY) -m trainer.eval,$(MSRUN) scripts/launch.py trainer.eval) \
 		--config $(CONFIG) $(CKPT_ARG) $(ARGS)
 
-# 310 path: export a batch-1 MINDIR, write the val clips as .bin, run them, print top-1.
-# On an Ascend 310 host: make export-310 INFER_DEVICE=Ascend (MindSpore Lite; untested here).
+# 310 path on two hosts. Host 1 (this checkout): `make package-310` exports a batch-1 MINDIR that
+# takes uint8 clips (normalization inside the graph), writes the val clips as uint8 .bin and
+# gathers model, clips, labels and the runner/postprocess code into $(PACKAGE_310). Copy that
+# folder to the 310 host (CANN + numpy + MindSpore Lite for Ascend: see its requirements-310.txt)
+# and run `bash run.sh Ascend 0` there (the Lite route is untested here). `make export-310` does
+# both halves on this host, running the package with INFER_DEVICE (CPU: MindSpore).
 OUT_310 ?= export/310
+PACKAGE_310 ?= $(OUT_310)/package
 INFER_DEVICE ?= CPU
-export-310: setup
-	$(PY) -m trainer.export --config $(CONFIG) $(CKPT_ARG) --format MINDIR --batch 1 \
+package-310: setup
+	$(PY) -m trainer.export --config $(CONFIG) $(CKPT_ARG) --format MINDIR --batch 1 --input uint8 \
 		--out $(OUT_310) $(ARGS)
 	$(PY) -m trainer.infer310.preprocess --config $(CONFIG) --out $(OUT_310) $(ARGS)
-	$(PY) -m trainer.infer310.runner --model $(OUT_310)/stnet_b1.mindir --work $(OUT_310) \
-		--device $(INFER_DEVICE)
-	$(PY) -m trainer.infer310.postprocess --work $(OUT_310)
+	$(PY) -m trainer.infer310.package --model $(OUT_310)/stnet_b1.mindir --work $(OUT_310) \
+		--out $(PACKAGE_310)
+
+export-310: package-310
+	PYTHON=$(CURDIR)/$(PY) bash $(PACKAGE_310)/run.sh $(INFER_DEVICE)
 
 # synth -> records -> train (NPROC msrun workers) -> eval -> export + 310 path, on CPU. Finished
 # stages are reused: existing videos and verified shards are kept, training resumes (and skips

@@ -12,7 +12,7 @@ from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
 from datatools.shards import Settings
 from datatools.synth import SynthSpec, make_dataset
-from trainer.runtime import use_fast_cpu_kernels
+from trainer.cpu import use_fast_cpu_kernels
 
 use_fast_cpu_kernels()   # the tests run MindSpore on CPU, as trainer.runtime.init_runtime does
 

@@ -4,11 +4,13 @@
 
 The graph takes one batch of test clips (B, T, 3N, S, S) float32 as the config's test protocol
 makes them (T = test.segments, N = data.frames_per_segment, S = test.crop) and returns logits
-(B, num_classes). With test.clips = K > 1 the graph still scores single clips: a video's K clips
-are run one by one and their softmax averaged (as trainer.eval and trainer.infer310.postprocess
-do), so one exported file serves every K. ``<file>.json`` beside the export records the resolved
-config, the input shape (batch null when dynamic), the class names and the file's sha256, so a
-deployment can check it runs the graph it was given.
+(B, num_classes); with ``--input uint8`` it takes the raw uint8 pixels instead and normalizes
+them itself (4× fewer bytes per clip for the 310 path). With test.clips = K > 1 the graph still
+scores single clips: a video's K clips are run one by one and their softmax averaged (as
+trainer.eval and trainer.infer310.postprocess do), so one exported file serves every K.
+``<file>.json`` beside the export records the resolved config, the input shape (batch null when
+dynamic) and dtype, the class names and the file's sha256, so a deployment can check it runs the
+graph it was given.
 """
 from __future__ import annotations
 
@@ -19,21 +21,45 @@ import time
 from pathlib import Path
 
 import mindspore as ms
-from mindspore import nn
+import numpy as np
+from mindspore import nn, ops
 
 from datatools.schema import LABELS_NAME, read_labels
-from trainer.checkpoint import checkpoint_arg, load_weights
+from trainer.checkpoint import checkpoint_arg
 from trainer.cli import run_cli
 from trainer.config import Config, config_from_args, config_parser
+from trainer.data import MEAN, STD
 from trainer.exported import (DYNAMIC, FORMATS, export_path, metadata_path, read_metadata,
                               sha256_file)
 from trainer.runtime import init_runtime, setup_logging
 
-__all__ = ["parse_batch", "input_shape", "export_network", "main"]
+__all__ = ["INPUT_DTYPES", "Uint8Input", "parse_batch", "input_shape", "export_network", "main"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "export"
+INPUT_DTYPES = {"float32": ms.float32, "uint8": ms.uint8}
+
+
+class Uint8Input(nn.Cell):
+    """uint8 clips in, trainer.data's normalization as the graph's first ops, then ``net``.
+
+    A 310 host then stores and feeds 1 byte per pixel instead of 4. ``x·scale + bias`` per
+    channel (scale 1/(255·std), bias −mean/std, repeated for the N RGB triples of a segment)
+    equals the float pipeline's ``(x/255 − mean)/std`` up to float32 rounding.
+    """
+
+    def __init__(self, net: nn.Cell, frames_per_segment: int) -> None:
+        super().__init__()
+        self.net = net
+        mean, std = np.asarray(MEAN, np.float64), np.asarray(STD, np.float64)
+        shape = (1, 1, 3 * frames_per_segment, 1, 1)
+        self.scale = ms.Tensor(np.tile(1.0 / (255.0 * std), frames_per_segment).reshape(shape),
+                               ms.float32)
+        self.bias = ms.Tensor(np.tile(-mean / std, frames_per_segment).reshape(shape), ms.float32)
+
+    def construct(self, x):
+        return self.net(ops.cast(x, ms.float32) * self.scale + self.bias)
 
 
 def parse_batch(text: str) -> int | None:
@@ -58,6 +84,10 @@ def input_shape(cfg: Config, batch: int | None) -> tuple[int | None, int, int, i
 def _check_request(cfg: Config, fmt: str, batch: int | None) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {tuple(FORMATS)}, got {fmt!r}")
+    if fmt == "AIR" and batch is None:
+        raise ValueError(f"--batch {DYNAMIC} is not supported for AIR (deprecated in MindSpore 2.10, "
+                         f"never verified with a dynamic batch here); use MINDIR for a dynamic "
+                         f"batch, or a fixed --batch such as 1")
     if fmt == "AIR" and cfg.device_target != "Ascend":
         raise ValueError(f"--format AIR needs device_target=Ascend (MindSpore writes AIR only on "
                          f"Ascend), got {cfg.device_target!r}; use MINDIR or ONNX here")
@@ -72,7 +102,8 @@ def _class_names(cfg: Config) -> list[str] | None:
 
 
 def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1,
-                   out_dir: str | Path = DEFAULT_OUT, checkpoint: str | Path | None = None) -> Path:
+                   out_dir: str | Path = DEFAULT_OUT, checkpoint: str | Path | None = None,
+                   input_dtype: str = "float32") -> Path:
     """Export ``net`` (weights already loaded) and write its metadata JSON; returns the file.
 
     Parameters
@@ -90,14 +121,21 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
         Folder for ``stnet_<b1|dynamic>.<ext>`` and its ``.json``; created if missing.
     checkpoint : path, optional
         Recorded in the JSON.
+    input_dtype : str
+        ``float32``: normalized clips, as trainer.eval feeds them. ``uint8``: raw pixels,
+        normalized inside the graph (``Uint8Input``).
     """
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"--input must be one of {tuple(INPUT_DTYPES)}, got {input_dtype!r}")
     _check_request(cfg, fmt, batch)
     shape = input_shape(cfg, batch)
     path = export_path(out_dir, fmt, batch)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if input_dtype == "uint8":
+        net = Uint8Input(net, cfg.data.frames_per_segment)
     net.set_train(False)
     start = time.perf_counter()
-    ms.export(net, ms.Tensor(shape=list(shape), dtype=ms.float32),
+    ms.export(net, ms.Tensor(shape=list(shape), dtype=INPUT_DTYPES[input_dtype]),
               file_name=str(path.with_suffix("")), file_format=fmt)
     seconds = time.perf_counter() - start
     if not path.is_file():
@@ -108,7 +146,7 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
         "input_shape": list(shape),
-        "input_dtype": "float32",
+        "input_dtype": input_dtype,
         "output": ["batch", cfg.model.num_classes],
         "clips_per_video": cfg.test.clips,
         "classes": _class_names(cfg),
@@ -117,8 +155,8 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
         "config": cfg.to_dict(),
     }
     metadata_path(path).write_text(json.dumps(meta, indent=2) + "\n")
-    logger.info("exported %s (%s, input %s, %.1f MB) in %.1f s", path, fmt, list(shape),
-                meta["bytes"] / 1e6, seconds)
+    logger.info("exported %s (%s, input %s %s, %.1f MB) in %.1f s", path, fmt, list(shape),
+                input_dtype, meta["bytes"] / 1e6, seconds)
     return path
 
 
@@ -129,14 +167,15 @@ def main(args: argparse.Namespace) -> Path:
     ckpt = checkpoint_arg(cfg, args.ckpt)
     rank, _ = init_runtime(cfg)
     setup_logging(rank)
-    from trainer.model import create_model  # heavy; after the cheap checks
-    net = create_model(cfg)
-    load_weights(net, ckpt)
+    from trainer.precision import inference_network  # heavy; after the cheap checks
+    net = inference_network(cfg, ckpt)   # the graph evaluated in training (float16 inside on Ascend)
     out_dir = Path(args.out) if args.out else Path(DEFAULT_OUT) / cfg.name
-    path = export_network(net, cfg, args.format, batch=batch, out_dir=out_dir, checkpoint=ckpt)
+    path = export_network(net, cfg, args.format, batch=batch, out_dir=out_dir, checkpoint=ckpt,
+                          input_dtype=args.input)
     meta = read_metadata(path)
     print(f"exported {path} format={meta['format']} input={meta['input_shape']} "
-          f"bytes={meta['bytes']} sha256={meta['sha256'][:16]}", flush=True)
+          f"dtype={meta['input_dtype']} bytes={meta['bytes']} sha256={meta['sha256'][:16]}",
+          flush=True)
     return path
 
 
@@ -148,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MINDIR (any device), AIR (Ascend only), ONNX (fixed batch)")
     parser.add_argument("--batch", default="1",
                         help=f"clips per call: a positive integer or {DYNAMIC!r} (default 1)")
+    parser.add_argument("--input", default="float32", choices=tuple(INPUT_DTYPES),
+                        help="float32: normalized clips (as trainer.eval); uint8: raw pixels, "
+                        "normalized inside the graph (the 310 package's clips, 4x smaller)")
     parser.add_argument("--out", help=f"output folder (default: {DEFAULT_OUT}/<name>)")
     return parser
 

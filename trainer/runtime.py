@@ -11,12 +11,12 @@ from mindspore import ops
 from mindspore.communication import get_group_size, get_rank, init
 
 from trainer.config import Config
+from trainer.cpu import use_fast_cpu_kernels
 
-__all__ = ["distributed_launch", "init_runtime", "use_fast_cpu_kernels", "setup_logging", "all_reduce_sum"]
+__all__ = ["distributed_launch", "init_runtime", "setup_logging", "all_reduce_sum"]
 
 DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
 MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
-ONEDNN_ISA_VARIABLE, ONEDNN_ISA = "ONEDNN_MAX_CPU_ISA", "AVX2"
 
 
 def distributed_launch() -> bool:
@@ -53,16 +53,6 @@ def init_runtime(cfg: Config) -> tuple[int, int]:
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=size, comm_fusion={"allreduce": {"mode": "size", "config": 64}})
     return rank, size
-
-
-def use_fast_cpu_kernels() -> None:
-    """Cap oneDNN at AVX2 before the first CPU kernel runs (a user's own setting wins).
-
-    On these CPUs oneDNN otherwise picks reference convolution kernels (~14x slower per
-    training step, benchmarks/README.md). It affects only MindSpore's CPU kernels, so it is set
-    for CPU runs alone.
-    """
-    os.environ.setdefault(ONEDNN_ISA_VARIABLE, ONEDNN_ISA)
 
 
 def _share_cpu_threads(processes: int) -> None:

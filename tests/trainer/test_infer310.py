@@ -1,4 +1,5 @@
-"""The 310 path (preprocess -> export -> runner -> postprocess) against trainer.eval, on real files.
+"""The 310 path (preprocess -> export -> runner -> postprocess, and the packaged folder a 310 host
+runs) against trainer.eval, on real files.
 
 The checkpoint is a freshly initialized tiny StNet whose classifier bias is centred on the mean
 logit of the val clips (no training), so its predictions differ between videos and the top-1
@@ -6,6 +7,7 @@ comparison can fail.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -16,12 +18,16 @@ from pathlib import Path
 import mindspore as ms
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
 
 from trainer import eval as trainer_eval
 from trainer.config import load_config
-from trainer.infer310 import (DATA_DIR, LABELS_FILE, META_NAME, RESULT_DIR, read_meta,
+from trainer.data import MEAN, STD, ClipDecoder, ClipSampler, EvalClips
+from trainer.export import export_network
+from trainer.infer310 import (DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, RESULT_DIR, read_meta,
                               result_name)
-from trainer.infer310.postprocess import top1
+from trainer.infer310.package import source_files
+from trainer.infer310.postprocess import summary_line, top1
 from trainer.infer310.preprocess import preprocess
 from trainer.infer310.runner import run_clips
 from trainer.model import create_model
@@ -29,6 +35,11 @@ from trainer.runtime import init_runtime
 
 REPO = Path(__file__).resolve().parents[2]
 CLIPS_PER_VIDEO = 2
+MODEL = "stnet_b1.mindir"
+# The 310 host's runtime for `run.sh CPU`: numpy and MindSpore, nothing else of the project venv.
+FRESH_VENV_DISTRIBUTIONS = ("numpy", "mindspore")
+# What the host lacks; the package must run without them.
+ABSENT_MODULES = ("cv2", "simplejpeg", "yaml", "pyarrow", "trainer", "datatools")
 
 
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -38,40 +49,56 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def _read_clips(work: Path, meta: dict) -> np.ndarray:
-    return np.stack([np.fromfile(work / DATA_DIR / name, np.float32).reshape(meta["clip_shape"][1:])
+    shape = meta["clip_shape"][1:]
+    return np.stack([np.fromfile(work / DATA_DIR / name, meta["dtype"]).reshape(shape)
                      for name in meta["files"]])
 
 
 @pytest.fixture(scope="module")
 def run(tiny_records, tmp_path_factory):
-    """Everything the 310 path writes, plus the network's own logits on the same clips."""
+    """Everything the 310 path writes (uint8 and float clips, both exports, the package), plus
+    the network's own logits on the float clips."""
     base = tmp_path_factory.mktemp("infer310")
     overrides = ["model.width=8", f"data.root={tiny_records.root}",
                  f"test.clips={CLIPS_PER_VIDEO}", f"train.output_dir={base / 'runs'}"]
     cfg = load_config(REPO / "configs/demo.yaml", overrides)
     init_runtime(cfg)
-    work, ckpt, export_dir = base / "work", base / "fresh.ckpt", base / "export"
+    work, float_work, ckpt = base / "work", base / "work_float", base / "fresh.ckpt"
+    export_dir, float_export_dir, package = base / "export", base / "export_float", base / "package"
     meta = preprocess(cfg, work)
+    float_meta = preprocess(cfg, float_work, float_input=True)
 
     ms.set_seed(0)
     net = create_model(cfg)
     net.set_train(False)
-    clips = ms.Tensor(_read_clips(work, meta))
+    clips = ms.Tensor(_read_clips(float_work, float_meta))
     net.fc.bias.set_data(net.fc.bias - net(clips).mean(axis=0))
     ms.save_checkpoint(net, str(ckpt))
     logits = net(clips).asnumpy()
+    export_network(net, cfg, "MINDIR", out_dir=float_export_dir)
 
     exported = _cli("trainer.export", "--config", "configs/demo.yaml", "--ckpt", str(ckpt),
-                    "--out", str(export_dir), *overrides)
+                    "--input", "uint8", "--out", str(export_dir), *overrides)
     assert exported.returncode == 0, exported.stderr
-    ran = _cli("trainer.infer310.runner", "--model", str(export_dir / "stnet_b1.mindir"),
-               "--work", str(work))
+    ran = _cli("trainer.infer310.runner", "--model", str(export_dir / MODEL), "--work", str(work))
     assert ran.returncode == 0, ran.stderr
     post = _cli("trainer.infer310.postprocess", "--work", str(work))
     assert post.returncode == 0, post.stderr
-    return {"cfg": cfg, "overrides": overrides, "work": work, "ckpt": ckpt, "meta": meta,
-            "logits": logits, "export": export_dir, "runner_out": ran.stdout,
-            "post_line": post.stdout.strip().splitlines()[-1]}
+    packaged = _cli("trainer.infer310.package", "--model", str(export_dir / MODEL),
+                    "--work", str(work), "--out", str(package))
+    assert packaged.returncode == 0, packaged.stderr
+    return {"cfg": cfg, "overrides": overrides, "work": work, "float_work": float_work,
+            "ckpt": ckpt, "meta": meta, "float_meta": float_meta, "logits": logits,
+            "export": export_dir, "float_export": float_export_dir, "package": package,
+            "runner_out": ran.stdout, "post_line": post.stdout.strip().splitlines()[-1]}
+
+
+@pytest.fixture(scope="module")
+def evaluated(run) -> dict:
+    """trainer.eval's result for the same checkpoint and config."""
+    args = trainer_eval.build_parser().parse_args(
+        ["--config", str(REPO / "configs/demo.yaml"), "--ckpt", str(run["ckpt"]), *run["overrides"]])
+    return trainer_eval.main(args)
 
 
 def _clip_shape(cfg) -> list[int]:
@@ -87,29 +114,68 @@ def test_preprocess_writes_every_video_once(run, tiny_records):
     assert len(set(meta["video_ids"])) == meta["videos"]
     assert meta["clip_shape"] == _clip_shape(run["cfg"])
     assert sorted(np.bincount(labels).tolist()) == [3, 3, 3, 3]
+    assert (work / NAMES_FILE).read_text() == tiny_records.labels.read_text()
+    assert meta["dtype"] == "uint8" and run["float_meta"]["dtype"] == "float32"
+    assert {k: v for k, v in run["float_meta"].items() if k != "dtype"} == \
+        {k: v for k, v in meta.items() if k != "dtype"}
+
+
+def test_uint8_clips_are_the_float_clips_before_normalization(run):
+    """Same videos, frames, crop and channel layout: only the normalization moved."""
+    pixels = _read_clips(run["work"], run["meta"]).astype(np.float64)
+    n = run["cfg"].data.frames_per_segment
+    mean = np.tile(MEAN, n)[:, None, None]
+    std = np.tile(STD, n)[:, None, None]
+    floats = _read_clips(run["float_work"], run["float_meta"])
+    np.testing.assert_allclose((pixels / 255.0 - mean) / std, floats, rtol=0, atol=1e-5)
+
+
+def test_uint8_padding_rows_batch_with_uint8_clips():
+    """A padded row (num_frames 0, sharded eval) must have the clips' dtype to batch with them."""
+    op = EvalClips(ClipSampler(4, 3), ClipDecoder(64, 56, normalize=False), num_clips=2)
+    clip, _, mask, _ = op(np.zeros(1, "S1"), np.zeros(1, np.int64), 0, -1, "")
+    assert clip.dtype == np.uint8 and clip.shape == (2, 4, 9, 56, 56) and mask == 0
+
+
+def test_uint8_clips_are_4x_smaller(run):
+    def sizes(work: Path, meta: dict) -> list[int]:
+        return [(work / DATA_DIR / name).stat().st_size for name in meta["files"]]
+
+    small, big = sizes(run["work"], run["meta"]), sizes(run["float_work"], run["float_meta"])
+    assert set(small) == {int(np.prod(_clip_shape(run["cfg"])))}
+    assert [4 * s for s in small] == big
+
+
+def test_uint8_export_matches_float_export(run):
+    """The graph's own normalization gives the logits of host-normalized float clips."""
+    assert json.loads((run["export"] / f"{MODEL}.json").read_text())["input_dtype"] == "uint8"
+    uint8_graph = ms.nn.GraphCell(ms.load(str(run["export"] / MODEL)))
+    float_graph = ms.nn.GraphCell(ms.load(str(run["float_export"] / MODEL)))
+    pixels = _read_clips(run["work"], run["meta"])
+    floats = _read_clips(run["float_work"], run["float_meta"])
+    got = np.concatenate([uint8_graph(ms.Tensor(clip[None])).asnumpy() for clip in pixels])
+    want = np.concatenate([float_graph(ms.Tensor(clip[None])).asnumpy() for clip in floats])
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    np.testing.assert_array_equal(got.argmax(axis=1), want.argmax(axis=1))
 
 
 def test_runner_reproduces_the_network(run):
     meta, work = run["meta"], run["work"]
     results = np.stack([np.fromfile(work / RESULT_DIR / result_name(name), np.float32)
                         for name in meta["files"]])
-    np.testing.assert_allclose(results, run["logits"], rtol=1e-5, atol=1e-4)
+    # the graph normalizes in float32 as x·scale + bias, the host as (x/255 − mean)/std
+    assert np.abs(results - run["logits"]).max() <= 1e-5 * np.abs(run["logits"]).max()
     assert len(set(results.argmax(axis=1).tolist())) > 1  # the comparison below can fail
     assert re.search(rf"clips={len(meta['files'])} seconds=[\d.]+ clips_per_s=[\d.]+",
                      run["runner_out"])
 
 
-def test_top1_equals_trainer_eval(run, capsys):
-    args = trainer_eval.build_parser().parse_args(
-        ["--config", str(REPO / "configs/demo.yaml"), "--ckpt", str(run["ckpt"]), *run["overrides"]])
-    result = trainer_eval.main(args)
-    assert capsys.readouterr().out.strip().splitlines()[-1] == trainer_eval.summary_line(result)
+def test_top1_equals_trainer_eval(run, evaluated):
     post = top1(run["work"])
-    assert post["tot"] == result["videos"]
-    assert post["top1_correct"] == round(result["top1"] * result["videos"])
-    assert post["acc"] == pytest.approx(result["top1"], abs=1e-12)
-    assert run["post_line"] == (f"top1_correct={post['top1_correct']}, tot={post['tot']}, "
-                                f"acc={post['acc']:.4f}")
+    assert post["tot"] == evaluated["videos"]
+    assert post["top1_correct"] == round(evaluated["top1"] * evaluated["videos"])
+    assert post["acc"] == pytest.approx(evaluated["top1"], abs=1e-12)
+    assert run["post_line"] == summary_line(post)
 
 
 def test_postprocess_without_results_is_one_line_error(run, tmp_path):
@@ -126,9 +192,115 @@ def test_runner_rejects_mismatched_export(run, tmp_path):
     other = dict(read_meta(run["work"]), clip_shape=exported[:3] + [exported[3] + 8] * 2)
     (tmp_path / META_NAME).write_text(json.dumps(other))
     with pytest.raises(ValueError, match=re.escape(f"takes input {exported}")):
-        run_clips(run["export"] / "stnet_b1.mindir", tmp_path)
+        run_clips(run["export"] / MODEL, tmp_path)
+
+
+def test_runner_rejects_float_clips_for_a_uint8_export(run):
+    done = _cli("trainer.infer310.runner", "--model", str(run["export"] / MODEL),
+                "--work", str(run["float_work"]))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {run['export'] / MODEL} takes uint8 clips but the clips are float32: rerun "
+        f"trainer.infer310.preprocess without --float-input, or export with --input float32"]
 
 
 def test_runner_rejects_non_mindir(run):
     with pytest.raises(ValueError, match="must be a .mindir"):
-        run_clips(run["export"] / "stnet_b1.mindir.json", run["work"])
+        run_clips(run["export"] / f"{MODEL}.json", run["work"])
+
+
+def test_package_refuses_to_replace_another_folder(run, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    done = _cli("trainer.infer310.package", "--model", str(run["export"] / MODEL),
+                "--work", str(run["work"]), "--out", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: --out {tmp_path} exists and is not a package")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_package_holds_model_clips_and_code(run):
+    package = run["package"]
+    assert sorted(p.relative_to(package / "lib") for p in (package / "lib").rglob("*.py")) == \
+        source_files()
+    assert (package / "model" / MODEL).read_bytes() == (run["export"] / MODEL).read_bytes()
+    assert sorted(p.name for p in (package / "work" / DATA_DIR).iterdir()) == \
+        sorted(run["meta"]["files"])
+    pin = [line for line in (REPO / "requirements.txt").read_text().splitlines()
+           if line.startswith("numpy==")]
+    assert pin and pin[0] in (package / "requirements-310.txt").read_text().splitlines()
+
+
+def _distribution_closure(names: tuple[str, ...]) -> list[importlib.metadata.Distribution]:
+    """``names`` and everything their Requires-Dist pulls in (extras off), as installed here."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(names)
+    while todo:
+        dist = importlib.metadata.distribution(todo.pop())
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        if key in found:
+            continue
+        found[key] = dist
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return list(found.values())
+
+
+def _fresh_venv(root: Path) -> Path:
+    """A venv holding only FRESH_VENV_DISTRIBUTIONS and their dependencies, symlinked from this
+    one (installing MindSpore costs ~70 s and 2.8 GB); returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+    python = root / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path("
+                                "'purelib'))"], check=True, capture_output=True,
+                               text=True).stdout.strip())
+    for dist in _distribution_closure(FRESH_VENV_DISTRIBUTIONS):
+        # import packages, modules, <name>.libs and the .dist-info; ".." entries are scripts
+        for top in {Path(f).parts[0] for f in dist.files} - {"..", "__pycache__"}:
+            if not (site / top).exists():
+                (site / top).symlink_to(Path(dist.locate_file(top)).resolve())
+    return python
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory) -> dict:
+    """The fresh venv's python and a clean environment for it (no PYTHONPATH)."""
+    python = _fresh_venv(tmp_path_factory.mktemp("fresh") / "venv")
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["PATH"] = f"{python.parent}{os.pathsep}/usr/bin{os.pathsep}/bin"
+    return {"python": python, "env": env}
+
+
+def test_fresh_venv_lacks_the_training_dependencies(fresh_venv, tmp_path):
+    probe = ("import importlib.util, json, sys; "
+             "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))")
+    modules = ("numpy", "mindspore", *ABSENT_MODULES)
+    done = subprocess.run([str(fresh_venv["python"]), "-c", probe, *modules], cwd=tmp_path,
+                          env=fresh_venv["env"], capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout)
+    assert found == {m: m in ("numpy", "mindspore") for m in modules}
+
+
+def test_package_runs_in_a_fresh_venv_and_gives_the_eval_top1(run, evaluated, fresh_venv,
+                                                            tmp_path):
+    """Host 2: only the package folder and numpy + MindSpore, started from another directory."""
+    env = dict(fresh_venv["env"], PYTHON=str(fresh_venv["python"]))
+    done = subprocess.run(["bash", str(run["package"] / "run.sh"), "CPU"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    correct = round(evaluated["top1"] * evaluated["videos"])
+    assert line == (f"top1_correct={correct}, tot={evaluated['videos']}, "
+                    f"acc={evaluated['top1']:.4f}")
+    assert line == run["post_line"]
+
+
+def test_package_run_fails_on_a_bad_device(run, fresh_venv, tmp_path):
+    env = dict(fresh_venv["env"], PYTHON=str(fresh_venv["python"]))
+    done = subprocess.run(["bash", str(run["package"] / "run.sh"), "GPU"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "invalid choice: 'GPU'" in done.stderr
+    assert "top1_correct" not in done.stdout

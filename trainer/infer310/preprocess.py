@@ -1,26 +1,30 @@
-"""Write the evaluation clips as float32 ``.bin`` files plus labels, for an offline runner.
+"""Write the evaluation clips as ``.bin`` files plus labels, for an offline runner.
 
-    python -m trainer.infer310.preprocess --config configs/demo.yaml --out export/310
+    python -m trainer.infer310.preprocess --config configs/demo.yaml --out export/310 [--float-input]
 
 The clips come from the same pipeline as trainer.eval (``create_dataset(training=False)``: K
-centred clips per video, padding masked out), so the 310 result can be checked against it.
-Layout of ``--out``: see ``trainer.infer310``.
+centred clips per video, padding masked out), so the 310 result can be checked against it. By
+default they are the uint8 pixels (for a graph exported with ``--input uint8``, which normalizes
+them itself): 4× fewer bytes to store, copy to the 310 host and feed than the normalized float32
+clips ``--float-input`` writes (the model zoo's interface). Layout of ``--out``: see
+``trainer.infer310``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from datatools.schema import LABEL, VIDEO_ID
+from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID
 from trainer.cli import run_cli
 from trainer.config import Config, config_from_args, config_parser
 from trainer.data import CLIP, MASK, create_dataset
-from trainer.infer310 import DATA_DIR, LABELS_FILE, META_NAME, clip_name
+from trainer.infer310 import DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, clip_name
 from trainer.runtime import setup_logging
 
 __all__ = ["preprocess", "main"]
@@ -33,16 +37,22 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def preprocess(cfg: Config, out_dir: str | Path, split: str = "val") -> dict:
+def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
+               float_input: bool = False) -> dict:
     """Write every real video's K clips of ``split`` under ``out_dir``; returns the metadata.
 
-    The metadata (also ``clips.json``) holds ``clip_shape`` (1, T, 3N, S, S), ``clips_per_video``
-    K, ``videos``, ``files`` (clip file names, video-major) and ``video_ids``.
+    The metadata (also ``clips.json``) holds ``clip_shape`` (1, T, 3N, S, S), ``dtype`` (uint8,
+    or float32 with ``float_input``), ``clips_per_video`` K, ``videos``, ``files`` (clip file
+    names, video-major) and ``video_ids``. The records' labels.txt is copied beside them.
     """
     out_dir = Path(out_dir)
+    names = Path(cfg.data.root) / LABELS_NAME
+    if not names.is_file():
+        raise FileNotFoundError(f"{names} not found: the class names travel with the clips")
     data_dir = out_dir / DATA_DIR
     data_dir.mkdir(parents=True, exist_ok=True)
-    dataset = create_dataset(cfg, split, training=False)
+    dtype = "float32" if float_input else "uint8"
+    dataset = create_dataset(cfg, split, training=False, normalize=float_input)
     files: list[str] = []
     labels: list[int] = []
     video_ids: list[str] = []
@@ -55,7 +65,7 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val") -> dict:
             video = len(labels)
             for k in range(clips.shape[1]):
                 name = clip_name(video, k)
-                np.ascontiguousarray(clips[row, k:k + 1], dtype=np.float32).tofile(data_dir / name)
+                np.ascontiguousarray(clips[row, k:k + 1], dtype=dtype).tofile(data_dir / name)
                 files.append(name)
             labels.append(int(batch[LABEL][row]))
             video_ids.append(_text(batch[VIDEO_ID][row]))
@@ -64,28 +74,32 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val") -> dict:
     if not labels:
         raise ValueError(f"split {split!r} of {cfg.data.root} has no videos to preprocess")
     np.save(out_dir / LABELS_FILE, np.asarray(labels, np.int32))
+    shutil.copyfile(names, out_dir / NAMES_FILE)
     meta = {"split": split, "videos": len(labels), "clips_per_video": cfg.test.clips,
-            "clip_shape": clip_shape, "dtype": "float32", "files": files, "video_ids": video_ids}
+            "clip_shape": clip_shape, "dtype": dtype, "files": files, "video_ids": video_ids}
     (out_dir / META_NAME).write_text(json.dumps(meta, indent=1) + "\n")
-    logger.info("preprocess: wrote %d clips of %d videos (%s float32) to %s in %.1f s",
-                len(files), len(labels), clip_shape, data_dir, time.perf_counter() - start)
+    logger.info("preprocess: wrote %d clips of %d videos (%s %s) to %s in %.1f s", len(files),
+                len(labels), clip_shape, dtype, data_dir, time.perf_counter() - start)
     return meta
 
 
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
     setup_logging()
-    meta = preprocess(cfg, args.out, args.split)
+    meta = preprocess(cfg, args.out, args.split, float_input=args.float_input)
     print(f"videos={meta['videos']} clips={len(meta['files'])} clip_shape={meta['clip_shape']} "
-          f"out={args.out}", flush=True)
+          f"dtype={meta['dtype']} out={args.out}", flush=True)
     return meta
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = config_parser("Write the eval clips of a split as float32 .bin files plus "
-                           "label_ids.npy for the 310 runner.")
+    parser = config_parser("Write the eval clips of a split as .bin files (uint8 pixels, or "
+                           "normalized float32) plus label_ids.npy for the 310 runner.")
     parser.add_argument("--out", required=True, help="work folder (data/, label_ids.npy, clips.json)")
     parser.add_argument("--split", default="val", help="train, val, or a folder under data.root")
+    parser.add_argument("--float-input", action="store_true",
+                        help="write normalized float32 clips (4x bigger; the model zoo's "
+                        "interface) for a graph exported with --input float32")
     return parser
 
 

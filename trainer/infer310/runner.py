@@ -6,7 +6,10 @@
 ``--device Ascend`` (an Ascend 310/310P host) uses MindSpore Lite (``mindspore_lite``), the
 inference API MindSpore ships for Ascend: NOT TESTED here (no Ascend device, no Lite wheel).
 ``--device CPU`` loads the same file with ``mindspore.load`` + ``nn.GraphCell``; that route runs
-in the tests, so the file, the clips and the result layout are checked end to end.
+in the tests, so the file, the clips and the result layout are checked end to end. The clips'
+dtype (uint8 pixels or normalized float32, ``clips.json``) must be the export's input dtype.
+Imports only numpy and the stdlib at module level: ``trainer.infer310.package`` ships it to a
+host without MindSpore, the records or this checkout.
 """
 from __future__ import annotations
 
@@ -20,10 +23,11 @@ from typing import Callable
 import numpy as np
 
 from trainer.cli import run_cli
+from trainer.cpu import use_fast_cpu_kernels
 from trainer.exported import FORMATS, metadata_path, read_metadata
 from trainer.infer310 import DATA_DIR, RESULT_DIR, read_meta, result_name
 
-__all__ = ["DEVICES", "load_graph", "run_clips", "main"]
+__all__ = ["DEVICES", "check_model_file", "check_export", "load_graph", "run_clips", "main"]
 
 logger = logging.getLogger(__name__)
 DEVICES = ("CPU", "Ascend")
@@ -33,6 +37,7 @@ Graph = Callable[[np.ndarray], np.ndarray]
 
 
 def _cpu_graph(model: Path) -> Graph:
+    use_fast_cpu_kernels()   # before MindSpore's first kernel
     import mindspore as ms
     from mindspore import nn
 
@@ -64,30 +69,43 @@ def _ascend_lite_graph(model: Path, device_id: int) -> Graph:
     return run
 
 
-def load_graph(model: str | Path, device: str = "CPU", device_id: int = 0) -> Graph:
-    """A callable clip (1, T, 3N, S, S) float32 -> logits (1, num_classes) float32."""
+def check_model_file(model: str | Path) -> Path:
+    """``model`` as a Path if it is an existing MINDIR file; else one clear error."""
     model = Path(model)
-    if device not in DEVICES:
-        raise ValueError(f"--device must be one of {DEVICES}, got {device!r}")
     if model.suffix != FORMATS["MINDIR"]:
         raise ValueError(f"--model must be a {FORMATS['MINDIR']} file (trainer.export --format "
                          f"MINDIR), got {model}")
     if not model.is_file():
         raise FileNotFoundError(f"--model not found: {model}")
+    return model
+
+
+def load_graph(model: str | Path, device: str = "CPU", device_id: int = 0) -> Graph:
+    """A callable clip (1, T, 3N, S, S) uint8 or float32 -> logits (1, num_classes) float32."""
+    if device not in DEVICES:
+        raise ValueError(f"--device must be one of {DEVICES}, got {device!r}")
+    model = check_model_file(model)
     return _cpu_graph(model) if device == "CPU" else _ascend_lite_graph(model, device_id)
 
 
-def _check_shapes(model: Path, clip_shape: list[int]) -> None:
-    """Compare the export's recorded input with the clips, so a mismatch is one clear line."""
+def check_export(model: str | Path, meta: dict) -> None:
+    """Compare the export's recorded input (its JSON) with the clips of ``clips.json``, so a
+    mismatch is one clear line before any inference; only warns if the JSON is missing."""
     exported = read_metadata(model)
     if exported is None:
-        logger.warning("%s not found; cannot check the clip shape against the export",
+        logger.warning("%s not found; cannot check the clips against the export",
                        metadata_path(model))
         return
-    expected = exported["input_shape"]
+    expected, clip_shape = exported["input_shape"], meta["clip_shape"]
     if expected[0] not in (None, 1) or expected[1:] != clip_shape[1:]:
         raise ValueError(f"{model} takes input {expected} but the clips are {clip_shape}: export "
                          f"with --batch 1 (or dynamic) and the config used for preprocess")
+    wanted, have = exported["input_dtype"], meta["dtype"]
+    if wanted != have:
+        preprocess = "with" if wanted == "float32" else "without"
+        raise ValueError(f"{model} takes {wanted} clips but the clips are {have}: rerun "
+                         f"trainer.infer310.preprocess {preprocess} --float-input, or export with "
+                         f"--input {have}")
 
 
 def run_clips(model: str | Path, work_dir: str | Path, device: str = "CPU",
@@ -98,17 +116,17 @@ def run_clips(model: str | Path, work_dir: str | Path, device: str = "CPU",
     """
     work_dir = Path(work_dir)
     meta = read_meta(work_dir)
+    check_export(check_model_file(model), meta)
     graph = load_graph(model, device, device_id)
-    _check_shapes(Path(model), meta["clip_shape"])
     result_dir = work_dir / RESULT_DIR
     result_dir.mkdir(parents=True, exist_ok=True)
     shape = meta["clip_shape"]
     seconds = 0.0
     for index, name in enumerate(meta["files"], 1):
-        clip = np.fromfile(work_dir / DATA_DIR / name, np.float32)
+        clip = np.fromfile(work_dir / DATA_DIR / name, meta["dtype"])
         if clip.size != np.prod(shape):
-            raise ValueError(f"{work_dir / DATA_DIR / name} holds {clip.size} floats, expected "
-                             f"{shape}: rerun preprocess")
+            raise ValueError(f"{work_dir / DATA_DIR / name} holds {clip.size} {meta['dtype']} "
+                             f"values, expected {shape}: rerun preprocess")
         start = time.perf_counter()
         logits = graph(clip.reshape(shape))
         seconds += time.perf_counter() - start
