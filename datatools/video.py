@@ -1,12 +1,14 @@
-"""One video -> resized JPEG frames (PyAV threaded decode, cv2 resize, libjpeg-turbo encode).
+"""One video -> upright, resized JPEG frames (PyAV threaded decode, cv2 resize, libjpeg-turbo encode).
 
 Every way a source can be unusable ends in ``VideoError`` with a one-line reason whose text before
-the first ``:`` is a stable kind (``missing file``, ``empty file``, ``cannot open``, ...), so the
-converter can count failures by kind.
+the first ``:`` is a stable kind (``missing file``, ``empty file``, ``cannot open``, ``truncated``,
+``too large``, ...), so the converter can count failures by kind.
 """
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +17,25 @@ import cv2
 import numpy as np
 import simplejpeg
 
-__all__ = ["VideoError", "EncodedVideo", "stored_size", "encodes_from_planes", "encode_frame", "iter_frames",
-           "encode_video"]
+from datatools.manifest import CHROMA_420, LARGER_PAGE, Reason
+
+__all__ = ["VideoError", "EncodedVideo", "StreamInfo", "Orientation", "orientation", "stored_size",
+           "encodes_from_planes", "encode_frame", "iter_frames", "encode_video"]
 
 # Decoded frames may fall this far short of the container's declared count (edit lists, a
 # dropped last frame) before the file counts as truncated.
 TRUNCATION_TOLERANCE = 2
-CHROMA_SUBSAMPLING = "420"   # 4:2:0 halves JPEG bytes vs simplejpeg's 4:4:4 default (DESIGN.md §6)
+# Matroska/WebM declare no frame count, only a duration, which also covers the audio stream; the
+# decoded time may fall short of it by this share (or TRUNCATION_TOLERANCE frames) before the file
+# counts as truncated. Complete test files fall short by 0 s, files cut in half by 55-65%.
+DURATION_TOLERANCE = 0.05
+# JPEG bytes per stored pixel at 4:2:0 by quality, the low end of what was measured (synthetic
+# noisy clips at 320x240 and 455x256; real footage in docs/design.md §8 is 1-1.7x these), so the
+# estimate rarely exceeds the real size; a video is refused before decoding only when the
+# estimate exceeds the page by EARLY_REFUSAL_MARGIN.
+_BPP_QUALITY = (1, 50, 75, 80, 85, 90, 95, 100)
+_BYTES_PER_PIXEL = (0.02, 0.055, 0.095, 0.11, 0.145, 0.19, 0.30, 0.70)
+EARLY_REFUSAL_MARGIN = 1.5
 
 
 class VideoError(Exception):
@@ -38,6 +52,60 @@ class EncodedVideo:
     src_height: int
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the container declares about the video stream, known before decoding."""
+
+    fps: float
+    duration: float | None     # seconds: the stream's, else the container's; None if neither says
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How to turn a decoded picture so it shows as its display matrix says (as players show it)."""
+
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_cols: bool = False
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) of a turned ``width`` x ``height`` picture."""
+        return (height, width) if self.transpose else (width, height)
+
+    def apply(self, picture: np.ndarray) -> np.ndarray:
+        """``picture`` (H, W[, C]) turned; unchanged (no copy) when there is nothing to do."""
+        if self.transpose:
+            picture = picture.swapaxes(0, 1)
+        if self.flip_rows:
+            picture = picture[::-1]
+        if self.flip_cols:
+            picture = picture[:, ::-1]
+        return np.ascontiguousarray(picture)
+
+
+UPRIGHT = Orientation()
+
+
+def orientation(frame: av.VideoFrame) -> Orientation:
+    """The frame's display matrix as a transpose and flips; no matrix or a singular one: as stored.
+
+    FFmpeg's matrix shows source pixel (p, q) = (column, row) at (a*p + c*q, b*p + d*q), up to a
+    shift. Reading the matrix itself, not ``frame.rotation``, keeps mirrored videos right: FFmpeg
+    reports a horizontal mirror as a 180 degree rotation and a vertical one as none.
+    """
+    matrix = frame.side_data.get("DISPLAYMATRIX")
+    if matrix is None:
+        return UPRIGHT
+    a, b, _, c, d = np.frombuffer(bytes(matrix), np.int32)[:5].astype(np.int64)
+    straight, crossed = abs(a) + abs(d), abs(b) + abs(c)
+    if min(straight, crossed) > 0.02 * max(straight, crossed):
+        raise VideoError(Reason.text(Reason.UNSUPPORTED_ROTATION,
+                                      f"{frame.rotation} degrees is not a quarter turn"))
+    if crossed > straight:
+        return Orientation(transpose=True, flip_rows=bool(b < 0), flip_cols=bool(c < 0))
+    return Orientation(flip_rows=bool(d < 0), flip_cols=bool(a < 0))
 
 
 def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -75,73 +143,130 @@ def _resize(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(plane, size, interpolation=cv2.INTER_AREA)
 
 
-def encode_frame(frame: av.VideoFrame, size: tuple[int, int], quality: int) -> bytes:
-    """Resize (area filter) a decoded frame to ``size`` = (w, h) and encode it as 4:2:0 JPEG."""
-    if encodes_from_planes(frame):
+def encode_frame(frame: av.VideoFrame, size: tuple[int, int], quality: int,
+                 turn: Orientation = UPRIGHT, chroma: str = CHROMA_420) -> bytes:
+    """Turn a decoded frame upright, resize it (area filter) to ``size`` = (w, h) of the turned
+    picture and encode it as JPEG with ``chroma`` subsampling (4:2:0 halves the bytes of 4:4:4,
+    docs/design.md §8). A 4:2:0 source encoded at 4:2:0 skips the RGB round trip."""
+    if chroma == CHROMA_420 and encodes_from_planes(frame):
         width, height = frame.width, frame.height
         planes = frame.to_ndarray(format=_PLANAR_FORMAT)
         chroma = planes[height:].reshape(2, height // 2, width // 2)
         chroma_size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
         return simplejpeg.encode_jpeg_yuv_planes(
-            cv2.LUT(_resize(planes[:height], size), _Y_LUT),
-            cv2.LUT(_resize(chroma[0], chroma_size), _C_LUT),
-            cv2.LUT(_resize(chroma[1], chroma_size), _C_LUT), quality=quality)
-    rgb = _resize(frame.to_ndarray(format="rgb24"), size)
+            cv2.LUT(_resize(turn.apply(planes[:height]), size), _Y_LUT),
+            cv2.LUT(_resize(turn.apply(chroma[0]), chroma_size), _C_LUT),
+            cv2.LUT(_resize(turn.apply(chroma[1]), chroma_size), _C_LUT), quality=quality)
+    rgb = _resize(turn.apply(frame.to_ndarray(format="rgb24")), size)
     return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB",
-                                  colorsubsampling=CHROMA_SUBSAMPLING)
+                                  colorsubsampling=chroma)
 
 
-def iter_frames(path: str | Path, max_fps: float | None = None, threads: int = 0):
-    """Yield (src_fps, decoded frame) for every kept frame of the first video stream.
+def iter_frames(path: str | Path, max_fps: float | None = None,
+                threads: int = 0) -> Iterator[tuple[StreamInfo, av.VideoFrame]]:
+    """Yield (stream info, decoded frame) for every kept frame of the first video stream.
 
-    ``max_fps`` drops frames evenly so the kept rate is at most that; ``threads`` is PyAV's
-    decoder thread count (0 = FFmpeg's choice). Raises VideoError for unusable sources.
+    ``max_fps`` keeps a frame when its timestamp reaches the next slot of a 1/max_fps grid, so a
+    variable-frame-rate source keeps at most max_fps frames in any second of its time. ``threads``
+    is PyAV's decoder thread count (0 = FFmpeg's choice). Raises VideoError for unusable sources,
+    including files cut short: fewer frames than the container declares, less decoded time than
+    the declared duration (Matroska/WebM declare no frame count), or a decode error after frames.
     """
     path = Path(path)
     if not path.is_file():
-        raise VideoError("missing file")
+        raise VideoError(Reason.MISSING)
     if os.path.getsize(path) == 0:
-        raise VideoError("empty file: 0 bytes")
+        raise VideoError(Reason.text(Reason.EMPTY, "0 bytes"))
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:
-        raise VideoError(f"cannot open: {_one_line(exc)}") from None
+        raise VideoError(Reason.text(Reason.CANNOT_OPEN, _one_line(exc))) from None
     with container:
         if not container.streams.video:
-            raise VideoError("no video stream")
+            raise VideoError(Reason.NO_VIDEO_STREAM)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
-        fps = float(stream.average_rate or stream.guessed_rate or 0)
-        step = fps / max_fps if max_fps and fps > max_fps else 1.0
-        decoded, last_slot = 0, -1
+        info = StreamInfo(float(stream.average_rate or stream.guessed_rate or 0),
+                          _declared_duration(stream, container))
+        period = 1 / info.fps if info.fps else 1.0      # nominal frame duration, seconds
+        # Half a timestamp tick: times rounded to the tick (30 fps in milliseconds: 0, 33, 67)
+        # still reach their slot.
+        slack = float(stream.time_base or 0) / 2
+        decoded, last_slot, first, last, last_duration = 0, -1, 0.0, 0.0, period
         try:
             for frame in container.decode(stream):
-                slot = int(decoded / step)
+                last = frame.time if frame.pts is not None else decoded * period
+                last_duration = float(frame.duration * frame.time_base) if frame.duration else period
+                if decoded == 0:
+                    first = last
                 decoded += 1
-                if slot != last_slot:
+                if max_fps:
+                    slot = math.floor((last - first + slack) * max_fps)
+                    if slot <= last_slot:
+                        continue
                     last_slot = slot
-                    yield fps, frame
+                yield info, frame
         except av.error.FFmpegError as exc:
-            kind = "no frames decoded" if decoded == 0 else f"decode error after {decoded} frames"
-            raise VideoError(f"{kind}: {_one_line(exc)}") from None
+            if decoded == 0:
+                raise VideoError(Reason.text(Reason.NO_FRAMES, _one_line(exc))) from None
+            raise VideoError(Reason.text(Reason.TRUNCATED, f"decode error after {decoded} frames: "
+                                                        f"{_one_line(exc)}")) from None
         if decoded == 0:
-            raise VideoError("no frames decoded")
+            raise VideoError(Reason.NO_FRAMES)
         if stream.frames and decoded < stream.frames - TRUNCATION_TOLERANCE:
-            raise VideoError(f"truncated: decoded {decoded} of {stream.frames} frames")
+            raise VideoError(Reason.text(Reason.TRUNCATED, f"decoded {decoded} of {stream.frames} frames"))
+        span = last + last_duration - first
+        if info.duration and info.duration - span > max(TRUNCATION_TOLERANCE * period,
+                                                         DURATION_TOLERANCE * info.duration):
+            raise VideoError(Reason.text(Reason.TRUNCATED, f"decoded {span:.2f} s of {info.duration:.2f} s"))
 
 
 def encode_video(path: str | Path, short_side: int, quality: int, max_fps: float | None = None,
-                 threads: int = 0) -> EncodedVideo:
-    """Decode, resize (never up) and JPEG-encode every kept frame of ``path``."""
+                 threads: int = 0, max_bytes: int | None = None,
+                 chroma: str = CHROMA_420) -> EncodedVideo:
+    """Decode, turn upright, resize (never up) and JPEG-encode every kept frame of ``path``.
+
+    With ``max_bytes`` (the MindRecord page a video must fit in), a video that cannot fit is
+    refused without decoding it all: at the first frame when the estimate is clearly over, else
+    as soon as its frames exceed it.
+    """
     jpegs: list[bytes] = []
-    fps, size, src = 0.0, (0, 0), (0, 0)
-    for fps, frame in iter_frames(path, max_fps, threads):
+    total = 0
+    info, size, src, turn = StreamInfo(0.0, None), (0, 0), (0, 0), UPRIGHT
+    for info, frame in iter_frames(path, max_fps, threads):
         if not jpegs:
-            src = (frame.width, frame.height)
+            turn = orientation(frame)
+            src = turn.size(frame.width, frame.height)
             size = stored_size(*src, short_side)
-        jpegs.append(encode_frame(frame, size, quality))
-    return EncodedVideo(jpegs, fps, src[0], src[1], size[0], size[1])
+            estimate = _estimated_bytes(info, size, quality, max_fps)
+            if max_bytes is not None and estimate > EARLY_REFUSAL_MARGIN * max_bytes:
+                raise VideoError(Reason.text(Reason.TOO_LARGE, f"an estimated {estimate:.0f} bytes exceed "
+                                             f"the page size {max_bytes}; {LARGER_PAGE}"))
+        jpegs.append(encode_frame(frame, size, quality, turn, chroma))
+        total += len(jpegs[-1])
+        if max_bytes is not None and total > max_bytes:
+            raise VideoError(Reason.text(Reason.TOO_LARGE, f"{total} bytes after {len(jpegs)} frames "
+                                         f"already exceed the page size {max_bytes}; {LARGER_PAGE}"))
+    return EncodedVideo(jpegs, info.fps, src[0], src[1], size[0], size[1])
+
+
+def _declared_duration(stream: av.video.stream.VideoStream, container: av.container.InputContainer
+                       ) -> float | None:
+    """Seconds the stream declares, else the container (all Matroska/WebM declare)."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
+def _estimated_bytes(info: StreamInfo, size: tuple[int, int], quality: int,
+                     max_fps: float | None) -> float:
+    """JPEG bytes of the kept frames from the declared duration and rate (0 if either is unknown)."""
+    rate = min(info.fps, max_fps) if max_fps else info.fps
+    pixels = (info.duration or 0.0) * rate * size[0] * size[1]
+    return pixels * float(np.interp(quality, _BPP_QUALITY, _BYTES_PER_PIXEL))
 
 
 def _one_line(exc: av.error.FFmpegError) -> str:

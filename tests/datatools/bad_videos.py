@@ -1,7 +1,9 @@
 """Real broken media files, one per bad input the converter must survive."""
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import av
 import numpy as np
@@ -67,4 +69,39 @@ def no_frames(path: Path) -> Path:
         junk = av.Packet(bytes(len(bytes(real[0]))))
         junk.stream, junk.pts, junk.dts, junk.time_base = stream, 0, 0, real[0].time_base
         container.mux(junk)
+    return path
+
+
+CLIP_TIME_BASE = Fraction(1, 600)   # holds 10, 25, 30 and 60 fps timestamps exactly
+
+
+def clip(path: Path, frames: np.ndarray, codec: str = "libx264", times: Sequence[float] | None = None,
+         rotation: float = 0, hflip: bool = False, pix_fmt: str = "yuv420p") -> Path:
+    """RGB frames (F, H, W, 3) encoded into the container ``path``'s suffix names, at 25 fps or at
+    ``times`` (seconds), with a display matrix when ``rotation`` (counter-clockwise) or ``hflip``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    times = np.arange(len(frames)) / 25 if times is None else times
+    options = {"movflags": "faststart"} if path.suffix == ".mp4" else {}   # index first, as served
+    with av.open(str(path), "w", options=options) as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pix_fmt
+        stream.codec_context.time_base = CLIP_TIME_BASE
+        if codec == "libx264":   # repeatable bytes, as datatools.synth.write_mp4
+            stream.options = {"threads": "1", "x264-params": "no-mbtree=1"}
+        elif codec.startswith("libvpx"):
+            stream.options = {"deadline": "realtime", "cpu-used": "8"}
+        if rotation or hflip:
+            stream.set_display_rotation(rotation, hflip=hflip)
+        for frame, t in zip(frames, times):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts, video_frame.time_base = round(t / CLIP_TIME_BASE), CLIP_TIME_BASE
+            container.mux(stream.encode(video_frame))
+        container.mux(stream.encode())
+    return path
+
+
+def cut(path: Path, fraction: float = 0.5) -> Path:
+    """Keep the first ``fraction`` of the file's bytes, as an interrupted download does."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
     return path

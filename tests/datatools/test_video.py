@@ -1,12 +1,17 @@
 """datatools.video on real media: every bad source is a one-line VideoError; sizes and fps cap."""
 from __future__ import annotations
 
+import re
+
 import av
 import numpy as np
 import pytest
 import simplejpeg
 
-from datatools.video import VideoError, encodes_from_planes, encode_frame, encode_video, stored_size
+from datatools import video
+from datatools.synth import SynthSpec, render_video
+from datatools.video import (VideoError, encodes_from_planes, encode_frame, encode_video, iter_frames,
+                             stored_size)
 from tests.datatools import bad_videos
 
 
@@ -18,6 +23,8 @@ from tests.datatools import bad_videos
     (lambda p: bad_videos.truncated(p, faststart=True), "truncated: decoded "),
     (bad_videos.audio_only, "no video stream"),
     (bad_videos.no_frames, "no frames decoded"),
+    (lambda p: bad_videos.clip(p, np.zeros((2, 48, 64, 3), np.uint8), rotation=45),
+     "unsupported rotation: 45 degrees"),
 ])
 def test_bad_sources_raise_one_line_reasons(tmp_path, make, reason):
     path = make(tmp_path / "v.mp4")
@@ -77,3 +84,83 @@ def test_planar_route_matches_the_rgb_route(tmp_path, size):
     psnr = 10 * np.log10(255 ** 2 / np.mean((planar - via_rgb) ** 2))
     assert psnr > 35, psnr
     assert np.abs(planar.mean(axis=(0, 1)) - via_rgb.mean(axis=(0, 1))).max() < 3
+
+
+def _clip_frames(num_frames: int = 48, width: int = 64, height: int = 48) -> np.ndarray:
+    return render_video(1, np.random.default_rng(2), SynthSpec(num_frames, width, height))
+
+
+@pytest.mark.parametrize("suffix, codec, threads, reason", [
+    (".mp4", "libx264", 0, r"truncated: decoded \d+ of 48 frames$"),       # mp4 declares a count
+    (".mp4", "libx264", 1, r"truncated: decode error after \d+ frames: "),  # the cut packet fails
+    (".mkv", "libx264", 0, r"truncated: decoded 0\.\d\d s of 1\.92 s$"),    # only a duration
+    (".webm", "libvpx-vp9", 0, r"truncated: decoded 0\.\d\d s of 1\.92 s$"),
+])
+def test_truncated_files_are_refused_in_every_container(tmp_path, suffix, codec, threads, reason):
+    """Half of each file cut off (an interrupted download) is refused; the whole file keeps every frame."""
+    if codec not in av.codecs_available:
+        pytest.skip(f"this FFmpeg build has no {codec} encoder for the {suffix} case")
+    path = bad_videos.clip(tmp_path / f"v{suffix}", _clip_frames(48, 160, 120), codec)
+    assert len(encode_video(path, 0, 90, threads=threads).jpegs) == 48
+    with pytest.raises(VideoError) as info:
+        encode_video(bad_videos.cut(path), 0, 90, threads=threads)
+    assert re.match(reason, str(info.value)), str(info.value)
+
+
+def _marked(width: int, height: int) -> np.ndarray:
+    """Dark frames with a bright block in the top-left corner: any turn or mirror moves it."""
+    frames = np.full((4, height, width, 3), 30, np.uint8)
+    frames[:, :height // 4, :width // 4] = 230
+    return frames
+
+
+@pytest.mark.parametrize("rotation, hflip, turn, pix_fmt", [
+    (-90, False, lambda u: np.rot90(u, 1, axes=(1, 2)), "yuv420p"),   # phone portrait: shown turned clockwise
+    (90, False, lambda u: np.rot90(u, -1, axes=(1, 2)), "yuv420p"),
+    (180, False, lambda u: u[:, ::-1, ::-1], "yuv420p"),
+    (0, True, lambda u: u[:, :, ::-1], "yuv420p"),                    # mirrored (FFmpeg reads it as 180)
+    (180, True, lambda u: u[:, ::-1], "yuv420p"),                     # upside down mirror (reads as 0)
+    (-90, False, lambda u: np.rot90(u, 1, axes=(1, 2)), "yuv444p"),   # the RGB route
+])
+def test_rotated_video_is_stored_upright(tmp_path, rotation, hflip, turn, pix_fmt):
+    """The display matrix says how players show the picture; frames are stored that way up."""
+    upright = _marked(64, 48)
+    stored = np.ascontiguousarray(turn(upright))        # what the camera wrote
+    path = bad_videos.clip(tmp_path / "v.mp4", stored, rotation=rotation, hflip=hflip, pix_fmt=pix_fmt)
+    result = encode_video(path, short_side=24, quality=95)
+    assert (result.src_width, result.src_height, result.width, result.height) == (64, 48, 32, 24)
+    picture = simplejpeg.decode_jpeg(result.jpegs[0], colorspace="GRAY")[..., 0].astype(float)
+    assert picture.shape == (24, 32)
+    corners = [picture[:6, :8], picture[:6, -8:], picture[-6:, :8], picture[-6:, -8:]]
+    assert corners[0].mean() > 150 and max(c.mean() for c in corners[1:]) < 80, [c.mean() for c in corners]
+
+
+def test_max_fps_keeps_frames_by_time(tmp_path):
+    """A burst of 60 fps then 10 fps: the cap thins the burst to 20 fps and keeps the slow part."""
+    times = [k / 60 for k in range(30)] + [0.5 + k / 10 for k in range(10)]
+    path = bad_videos.clip(tmp_path / "vfr.mp4", _clip_frames(40), times=times)
+    kept = [frame.time for _, frame in iter_frames(path, max_fps=20)]
+    assert len(kept) == 20 and kept[-10:] == pytest.approx(times[-10:])
+    assert min(np.diff(kept)) == pytest.approx(0.05)
+    # 30 fps in Matroska's millisecond timestamps (0, 33, 67, ...) sits on a 30 fps cap: keep all.
+    mkv = bad_videos.clip(tmp_path / "v.mkv", _clip_frames(30), times=np.arange(30) / 30)
+    assert len(list(iter_frames(mkv, max_fps=30))) == 30
+
+
+def test_too_large_is_refused_before_decoding_everything(tmp_path, monkeypatch):
+    """A video that cannot fit in a page is refused from its duration, or as soon as it overflows."""
+    path = bad_videos.good(tmp_path / "v.mp4", num_frames=64, width=160, height=120)
+    total = sum(map(len, encode_video(path, 0, 90).jpegs))
+    assert len(encode_video(path, 0, 90, max_bytes=total).jpegs) == 64
+    encoded = []
+    real_encode = video.encode_frame
+    monkeypatch.setattr(video, "encode_frame", lambda *a, **k: encoded.append(1) or real_encode(*a, **k))
+    with pytest.raises(VideoError) as info:
+        encode_video(path, 0, 90, max_bytes=total // 4)
+    assert str(info.value).startswith("too large: an estimated "), str(info.value)
+    assert "--page-mb" in str(info.value) and encoded == []     # refused before the first encode
+    encoded.clear()
+    with pytest.raises(VideoError) as info:
+        encode_video(path, 0, 90, max_bytes=total * 3 // 4)   # under the estimate's margin
+    assert str(info.value).startswith("too large: ") and "frames already exceed" in str(info.value)
+    assert len(encoded) < 64
