@@ -2,20 +2,40 @@
 
 A config either is a root file (it defines the keys and their types, like
 ``configs/stnet_r50_k400.yaml``) or names one with ``base: <file>`` and changes some values.
-Neither a config file nor an override may add a key or change a value's type, so a typo fails at
-start-up instead of being ignored for 60 epochs.
+Neither a config file nor an override may add a key or change a value's type, and every value
+must pass its rule in ``RULES``, so a typo or an impossible value (``train.eval_interval=0``)
+fails at start-up in every command instead of after an epoch, or being ignored for 60 epochs.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_parser", "config_from_args"]
+__all__ = ["Config", "ConfigError", "load_config", "save_config", "config_parser", "config_from_args",
+           "DEVICE_TARGETS", "AUTO_DEVICE", "MODES", "RESIZE_MODES", "BLOCKS_PER_STAGE",
+           "XCEPTION_VARIANTS", "LR_SCHEDULES", "AMP_LEVELS", "LOSS_SCALE_MANAGERS",
+           "NULLABLE_TYPES", "RULES"]
 
 BASE_KEY = "base"
+
+# The choices of the choice keys. The modules acting on a key import its tuple from here (this
+# module needs no MindSpore), so what load_config accepts is what they handle.
+AUTO_DEVICE = "auto"   # Ascend where its runtime loads, else CPU (trainer.runtime.resolve_device_target)
+DEVICE_TARGETS = (AUTO_DEVICE, "Ascend", "CPU", "GPU")
+MODES = ("graph", "pynative")
+RESIZE_MODES = ("keep", "zoo")
+BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}  # ResNet depth -> blocks
+XCEPTION_VARIANTS = ("depthwise", "dense")
+LR_SCHEDULES = ("step", "cosine")
+AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
+LOSS_SCALE_MANAGERS = ("dynamic", "fixed")
+
+# The type of each key whose recipe default is null (a null cannot say it). Only these keys may
+# be null; any other null fails at load time.
+NULLABLE_TYPES: dict[str, type] = {"model.pretrained": str, "train.resume": str}
 
 
 class ConfigError(ValueError):
@@ -35,11 +55,120 @@ class Config(dict):
         return {k: v.to_dict() if isinstance(v, Config) else v for k, v in self.items()}
 
 
+# A rule returns None for an allowed value, else what is allowed ("> 0", "one of step|cosine");
+# it also gets the whole config for limits set by another key.
+Rule = Callable[[Any, Mapping], "str | None"]
+
+
+def _get(data: Mapping, dotted: str) -> Any:
+    for key in dotted.split("."):
+        data = data[key]
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _range(low: float, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False) -> Rule:
+    """``low <= value`` (``<`` if ``low_open``) and likewise ``value <= high`` when given."""
+    if high is None:
+        allowed = f"{'>' if low_open else '>='} {low}"
+    else:
+        allowed = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+    def rule(value: Any, data: Mapping) -> str | None:
+        ok = _is_number(value) and (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high))
+        return None if ok else allowed
+    return rule
+
+
+def _one_of(choices: Iterable) -> Rule:
+    choices = tuple(choices)
+    allowed = f"one of {'|'.join(map(str, choices))}"
+    return lambda value, data: None if value in choices else allowed
+
+
+def _all(*rules: Rule) -> Rule:
+    return lambda value, data: next(filter(None, (r(value, data) for r in rules)), None)
+
+
+def _below_epochs(value: Any, data: Mapping) -> str | None:
+    epochs = _get(data, "train.epochs")
+    return None if _is_number(value) and value < epochs else f"< train.epochs ({epochs})"
+
+
+def _fits_short_side(value: Any, data: Mapping) -> str | None:
+    """A crop fits the frames; with ``data.short_side: 0`` (as stored) it is checked against the
+    stored short side when a split is read (trainer.data.clip_decoder)."""
+    side = _get(data, "data.short_side")
+    ok = side == 0 or (_is_number(value) and value <= side)
+    return None if ok else f"<= data.short_side ({side})"
+
+
+def _increasing_epochs(value: Any, data: Mapping) -> str | None:
+    ok = isinstance(value, list) and all(_is_number(v) and v >= 1 for v in value) and all(
+        a < b for a, b in zip(value, value[1:]))
+    return None if ok else "a strictly increasing list of epochs >= 1"
+
+
+_POSITIVE = _range(1)
+# Checked in this order, so a key that limits another (data.short_side) passes its rule first.
+RULES: dict[str, Rule] = {
+    "seed": _range(0),
+    "device_target": _one_of(DEVICE_TARGETS),
+    "mode": _one_of(MODES),
+    "data.num_segments": _POSITIVE,
+    "data.frames_per_segment": _POSITIVE,
+    "data.short_side": _range(0),
+    "data.resize": _one_of(RESIZE_MODES),
+    "data.crop_size": _all(_POSITIVE, _fits_short_side),
+    "data.batch_size": _POSITIVE,
+    "data.num_workers": _POSITIVE,
+    "model.depth": _one_of(BLOCKS_PER_STAGE),
+    "model.width": _POSITIVE,
+    "model.xception": _one_of(XCEPTION_VARIANTS),
+    "model.num_classes": _POSITIVE,
+    "train.epochs": _POSITIVE,
+    "train.lr": _range(0, low_open=True),
+    "train.momentum": _range(0, 1, high_open=True),
+    "train.weight_decay": _range(0),
+    "train.lr_schedule": _one_of(LR_SCHEDULES),
+    "train.lr_milestones": _increasing_epochs,
+    "train.lr_gamma": _range(0, 1, low_open=True),
+    "train.warmup_epochs": _all(_range(0), _below_epochs),
+    "train.label_smoothing": _range(0, 1, high_open=True),
+    "train.amp_level": _one_of(AMP_LEVELS),
+    "train.loss_scale_manager": _one_of(LOSS_SCALE_MANAGERS),
+    "train.loss_scale": _range(1),
+    "train.loss_scale_window": _POSITIVE,
+    "train.log_interval": _POSITIVE,
+    "train.eval_interval": _POSITIVE,
+    "train.keep_checkpoints": _POSITIVE,
+    "test.segments": _POSITIVE,
+    "test.crop": _all(_POSITIVE, _fits_short_side),
+    "test.clips": _POSITIVE,
+    "test.batch_size": _POSITIVE,
+}
+
+
+def _safe_load(text: str, source: str) -> Any:
+    """``yaml.safe_load`` with its multi-line parse error folded into one ConfigError line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{source} is not valid YAML: {problem}{where}") from None
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    data = _safe_load(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
@@ -47,7 +176,7 @@ def _read_yaml(path: Path) -> dict:
 
 def _coerce(key: str, value: Any, reference: Any) -> Any:
     """``value`` converted to the type of ``reference`` (the recipe's value), or ConfigError."""
-    if reference is None or value is None:
+    if reference is None or value is None:  # typed by NULLABLE_TYPES in _check
         return value
     if isinstance(reference, bool):
         ok = isinstance(value, bool)
@@ -87,6 +216,34 @@ def _merge(base: dict, changes: dict, prefix: str = "") -> dict:
     return merged
 
 
+def _leaves(data: Mapping, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _check(data: dict) -> None:
+    """Nulls only where NULLABLE_TYPES allows them, with its type otherwise; then every rule."""
+    for key, value in _leaves(data):
+        expected = NULLABLE_TYPES.get(key)
+        if value is None and expected is None:
+            raise ConfigError(f"config key {key!r} may not be null "
+                              f"(only {', '.join(NULLABLE_TYPES)} may)")
+        if value is not None and expected is not None and not isinstance(value, expected):
+            raise ConfigError(f"config key {key!r} expects {expected.__name__} or null, got {value!r}")
+    for key, rule in RULES.items():
+        try:
+            value = _get(data, key)
+        except KeyError:
+            raise ConfigError(f"config key {key!r} is missing: a root config (no base:) defines "
+                              f"every key") from None
+        allowed = rule(value, data)
+        if allowed is not None:  # worded as the modules' own checks word it
+            raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+
+
 def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
@@ -102,7 +259,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override must look like section.key=value, got {text!r}")
-    return key.split("."), yaml.safe_load(raw) if raw else ""
+    return key.split("."), _safe_load(raw, f"override {text!r}") if raw else ""
 
 
 def _to_config(data: dict) -> Config:
@@ -110,7 +267,7 @@ def _to_config(data: dict) -> Config:
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Resolve ``path`` (following ``base:``) and apply ``key=value`` overrides."""
+    """Resolve ``path`` (following ``base:``), apply ``key=value`` overrides, check every value."""
     data = _resolve(Path(path))
     for text in overrides:
         keys, value = _parse_override(text)
@@ -118,6 +275,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
         for key in reversed(keys):
             change = {key: change}
         data = _merge(data, change)
+    _check(data)
     return _to_config(data)
 
 

@@ -14,26 +14,26 @@ import mindspore as ms
 from mindspore import nn
 
 from trainer.checkpoint import load_weights
-from trainer.config import Config, ConfigError
+from trainer.config import AMP_LEVELS, Config, ConfigError
 from trainer.model import create_model
+from trainer.runtime import resolve_device_target
 
 __all__ = ["AMP_LEVELS", "amp_level", "cast_network", "inference_network"]
 
-AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 LOW_PRECISION_DEVICES = ("Ascend", "GPU")
 
 
 def amp_level(cfg: Config) -> str:
     """``train.amp_level`` with ``auto`` resolved: O2 on Ascend/GPU, O0 (float32) on CPU.
 
-    Mixed precision is 2-2.5x slower on CPU (measured, docs/design.md), so ``auto`` keeps CPU
+    Mixed precision is ~2x slower on CPU (docs/design.md §7), so ``auto`` keeps CPU
     runs in float32; an explicit level is honoured on every device, CPU included.
     """
     level = cfg.train.amp_level
     if level not in AMP_LEVELS:
         raise ConfigError(f"train.amp_level must be one of {'|'.join(AMP_LEVELS)}, got {level!r}")
     if level == "auto":
-        return "O2" if cfg.device_target in LOW_PRECISION_DEVICES else "O0"
+        return "O2" if resolve_device_target(cfg) in LOW_PRECISION_DEVICES else "O0"
     return level
 
 

@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 import mindspore as ms
 import numpy as np
 from mindspore import ops
+from mindspore._c_expression import MSContext
 from mindspore.communication import get_group_size, get_rank, init
 
-from trainer.config import Config
+from trainer.config import AUTO_DEVICE, DEVICE_TARGETS, MODES, Config, ConfigError
 from trainer.cpu import use_fast_cpu_kernels
 
-__all__ = ["distributed_launch", "init_runtime", "setup_logging", "all_reduce_sum"]
+__all__ = ["distributed_launch", "resolve_device_target", "init_runtime", "all_reduce_sum"]
 
-DEVICE_TARGETS = ("CPU", "Ascend", "GPU")
-MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}
+logger = logging.getLogger(__name__)
+MS_MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}   # MindSpore's value of each of MODES
+DEVICE_FIXES = {"Ascend": "source CANN's set_env.sh (e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh)",
+                "GPU": "install the CUDA libraries this MindSpore wheel was built for"}
 
 
 def distributed_launch() -> bool:
@@ -26,24 +28,64 @@ def distributed_launch() -> bool:
         "RANK_TABLE_FILE" in os.environ and int(os.environ.get("RANK_SIZE", "1")) > 1)
 
 
+def _load_error(device: str) -> str:
+    """Why MindSpore's plugin for ``device`` did not load in this process ("" if it did).
+
+    ``import mindspore`` tries each plugin once and keeps the outcome; this reads it (as
+    ``ms.device_context.ascend.is_available`` does) without that function's two warnings or the
+    multi-line C++ error ``ms.set_device`` raises for a device whose plugin did not load.
+    """
+    context = MSContext.get_instance()
+    if context.is_pkg_support_device(device):
+        return ""
+    lines = [line for line in context.load_plugin_error().splitlines() if device.lower() in line.lower()]
+    return lines[0] if lines else f"MindSpore loaded no {device} plugin"
+
+
+def resolve_device_target(cfg: Config) -> str:
+    """``cfg.device_target`` with ``auto`` resolved: Ascend where its runtime loads, else CPU.
+
+    Whatever depends on the device (init_runtime, the amp level, export's AIR check) asks here,
+    also before init_runtime, so an ``auto`` config acts as the device it will run on.
+    """
+    if cfg.device_target != AUTO_DEVICE:
+        return cfg.device_target
+    return "CPU" if _load_error("Ascend") else "Ascend"
+
+
 def init_runtime(cfg: Config) -> tuple[int, int]:
     """Set the device context and join the communication group under msrun or a rank table.
 
-    Returns ``(rank, group_size)``; a plain ``python -m`` run is rank 0 of 1.
+    Returns ``(rank, group_size)``; a plain ``python -m`` run is rank 0 of 1. A device whose
+    runtime does not load is one ConfigError naming the fix, before MindSpore tries it.
     """
     if cfg.device_target not in DEVICE_TARGETS:
-        raise ValueError(f"device_target must be one of {DEVICE_TARGETS}, got {cfg.device_target!r}")
+        raise ValueError(f"device_target must be one of {'|'.join(DEVICE_TARGETS)}, "
+                         f"got {cfg.device_target!r}")
     if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {tuple(MODES)}, got {cfg.mode!r}")
-    if cfg.device_target == "CPU":
+        raise ValueError(f"mode must be one of {'|'.join(MODES)}, got {cfg.mode!r}")
+    device = resolve_device_target(cfg)
+    error = _load_error(device)
+    if error:
+        raise ConfigError(f"device_target={device} but the {device} runtime does not load here "
+                          f"({error}): {DEVICE_FIXES[device]}, or set device_target=CPU or auto")
+    if device == "CPU":
         use_fast_cpu_kernels()
-    ms.set_context(mode=MODES[cfg.mode])
-    device_id = os.environ.get("DEVICE_ID") if cfg.device_target == "Ascend" else None
-    ms.set_device(cfg.device_target, None if device_id is None else int(device_id))
-    if cfg.device_target == "CPU":
+    ms.set_context(mode=MS_MODES[cfg.mode])
+    device_id = os.environ.get("DEVICE_ID") if device == "Ascend" else None
+    ms.set_device(device, None if device_id is None else int(device_id))
+    if device == "CPU":
         _share_cpu_threads(int(os.environ.get("MS_WORKER_NUM", "1")) if distributed_launch() else 1)
-    if not distributed_launch():
-        return 0, 1
+    rank, size = _join_group() if distributed_launch() else (0, 1)
+    if cfg.device_target == AUTO_DEVICE and rank == 0:
+        why = _load_error("Ascend")
+        logger.info("device_target=auto: %s", f"CPU, as the Ascend runtime does not load here ({why})"
+                    if why else "Ascend")
+    return rank, size
+
+
+def _join_group() -> tuple[int, int]:
+    """``(rank, group_size)`` after joining the msrun or rank-table group, gradients fused."""
     init()
     rank, size = get_rank(), get_group_size()
     # One fused AllReduce per 64 MB of gradients instead of one per parameter tensor (~320).
@@ -65,12 +107,6 @@ def _share_cpu_threads(processes: int) -> None:
         ms.device_context.cpu.op_tuning.threads_num(max(1, (os.cpu_count() or 1) // processes))
     except RuntimeError:  # already set in this process (set once, e.g. by an earlier run)
         pass
-
-
-def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
-    """INFO on rank 0, warnings only elsewhere, so 8 ranks do not print 8 copies."""
-    logging.basicConfig(stream=sys.stdout, level=level if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
 def all_reduce_sum(values: np.ndarray) -> np.ndarray:

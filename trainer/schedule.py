@@ -9,11 +9,9 @@ import math
 
 import numpy as np
 
-from trainer.config import Config
+from trainer.config import LR_SCHEDULES, Config
 
 __all__ = ["LR_SCHEDULES", "build_lr"]
-
-LR_SCHEDULES = ("step", "cosine")
 
 
 def build_lr(train: Config, steps_per_epoch: int) -> np.ndarray:
