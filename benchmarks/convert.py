@@ -21,6 +21,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 from datatools.cli import parse_size, positive_int, run_cli
 from datatools.convert import convert
 from datatools.labels import write_labels
-from datatools.shards import Settings
+from datatools.manifest import Settings
 from datatools.synth import write_mp4
 from datatools.video import encode_video
 
@@ -120,7 +121,7 @@ def run_limit(videos: list[Path], settings: Settings) -> int:
                for v in videos)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.convert", description=__doc__.split("\n")[0])
     p.add_argument("--resolutions", default=DEFAULT_RESOLUTIONS,
                    help=f"comma-separated WxH list (default {DEFAULT_RESOLUTIONS})")
@@ -133,8 +134,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
     resolutions = [parse_size(r) for r in args.resolutions.split(",")]
     has_ffmpeg = shutil.which("ffmpeg") is not None
     if not has_ffmpeg:
@@ -181,4 +181,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(run_cli(build_parser(), main))

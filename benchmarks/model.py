@@ -1,7 +1,7 @@
 """StNet forward+backward clips/s on CPU: both Xception variants, with and without the oneDNN cap.
 
 oneDNN picks reference conv kernels on these CPUs unless ``ONEDNN_MAX_CPU_ISA=AVX2`` is set before
-MindSpore runs its first kernel (DESIGN.md §5), so each (variant, ISA) pair runs in its own
+MindSpore runs its first kernel (docs/design.md §7), so each (variant, ISA) pair runs in its own
 subprocess with the variable set in its environment; ``ALL`` is oneDNN's default (no cap) and
 overrides the project's own default of AVX2. The baseline is the uncapped run of the same variant
 in the same invocation. Figures are medians over ``--repeats`` timed GRAPH-mode steps after one

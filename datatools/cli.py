@@ -1,33 +1,59 @@
-"""Shared command-line plumbing: argument types and one-line errors instead of tracebacks."""
+"""The one command-line entry for every tool of both packages: parse, run, and turn a user's
+error into one line instead of a traceback.
+
+Every command module has ``build_parser()`` and ``main(args)`` and ends with
+``sys.exit(run_cli(build_parser(), main))``; an int returned by ``main`` is the exit code
+(anything else, e.g. a result a caller in Python wants, means success). From datatools the
+trainer may import this module, ``datatools.schema`` and ``datatools.manifest``, nothing else
+(docs/design.md §1, tests/test_layering.py). Stdlib only: the 310 package ships it.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, Sequence
 
-__all__ = ["run_cli", "positive_int", "non_negative_int", "parse_size", "EXIT_USAGE", "EXIT_IO"]
+__all__ = ["RunStopped", "run_cli", "setup_logging", "positive_int", "non_negative_int",
+           "parse_size", "EXIT_USAGE", "EXIT_FAILED"]
 
-EXIT_USAGE = 2   # unusable arguments or inputs (argparse uses 2 as well)
-EXIT_IO = 1      # the output could not be written
+EXIT_USAGE = 2    # unusable arguments or inputs (argparse uses 2 as well)
+EXIT_FAILED = 1   # the output could not be written, or a run stopped
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def run_cli(main: Callable[[list[str] | None], int]) -> NoReturn:
-    """Run a CLI ``main``; user errors become ``error: <message>`` on stderr, not a traceback.
+class RunStopped(Exception):
+    """A run that cannot go on for a reason the user must see (e.g. a diverged loss)."""
 
-    ValueError/TypeError/FileNotFoundError mean bad arguments or inputs (exit 2); any other
-    OSError means the output could not be written (exit 1).
+
+def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], object],
+            argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the command line), run ``main`` and return the exit code.
+
+    ValueError/TypeError/FileNotFoundError mean bad arguments or inputs: ``error: ...``, exit 2.
+    Any other OSError means an output could not be written (e.g. a full disk, an unwritable
+    folder): ``error: ...``, exit 1. RunStopped: ``stopped: ...``, exit 1.
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format=LOG_FORMAT)  # if unset
     try:
-        code = main(None)
+        code = main(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_IO)
-    sys.exit(code)
+        return EXIT_FAILED
+    except RunStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
+    """INFO on rank 0, warnings only elsewhere, so 8 ranks do not print 8 copies."""
+    logging.basicConfig(stream=sys.stdout, level=level if rank == 0 else logging.WARNING,
+                        format=LOG_FORMAT, force=True)
 
 
 def positive_int(text: str) -> int:

@@ -1,46 +1,43 @@
 """Kinetics CSV + video tree -> sharded MindRecord + manifest.parquet, resumable.
 
 Every CSV entry becomes one manifest row, ``ok`` or ``failed`` with a one-line reason; bad videos
-never stop the run. Each joblib task owns one shard end to end (decode, encode, write, verify,
-mark done), so no frame data passes through this process. Re-running the same command keeps the
-shards marked done and redoes the rest.
+never stop the run. ``datatools.plan`` decides the shards; each joblib task owns one shard end
+to end (``datatools.shards``: decode, encode, write, verify, mark done), so no frame data passes
+through this process, which only runs the tasks and reports. Re-running the same command keeps
+the shards marked done and redoes the rest.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
-import os
+import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from datatools import schema
 from datatools.cli import non_negative_int, positive_int, run_cli
-from datatools.kinetics import CsvEntry, find_video, read_csv
-from datatools.shards import (DEFAULT_PAGE, MAX_PAGE, MIN_PAGE, Settings, ShardTask, VideoTask,
-                              assign_shards, convert_shard, finished_rows, manifest_row, shard_paths)
+from datatools.kinetics import read_csv
+from datatools.manifest import (CHROMA_420, CHROMA_SUBSAMPLINGS, DEFAULT_PAGE, MB, ManifestRow, Settings,
+                                ShardFiles, write_manifest)
+from datatools.plan import ShardTask, plan_shards
+from datatools.shards import convert_shard, finished_rows
 
-__all__ = ["ConvertResult", "plan_shards", "convert", "write_manifest", "summary_lines", "main"]
+__all__ = ["ConvertResult", "convert", "summary_lines", "main"]
 
 log = logging.getLogger(__name__)
 
-NO_SHARD = -1           # manifest shard of entries that are never given to a worker
 PROGRESS_SECONDS = 5.0  # at most one progress line per this many seconds
-MB = 1 << 20
 
 
 @dataclass
 class ConvertResult:
     """Outcome of one run: the full manifest rows (CSV order) and what this run did."""
 
-    rows: list[dict]
+    rows: list[ManifestRow]
     shards_kept: int
     shards_done: int
     videos_converted: int
@@ -49,43 +46,12 @@ class ConvertResult:
     apparent_bytes: int
 
 
-def plan_shards(entries: list[CsvEntry], class_index: dict[str, int], videos_root: str | Path,
-                out_dir: str | Path, settings: Settings,
-                decode_threads: int = 0) -> tuple[list[ShardTask], list[dict]]:
-    """Shard tasks plus the rows that fail before any decoding (unknown label, duplicate id).
-
-    Assignment depends only on the CSV and the labels (not on which files exist), so a resumed
-    run sees the same shards.
-    """
-    pre_failed, assignable, first_line = [], [], {}
-    for order, e in enumerate(entries):
-        label = class_index.get(e.label, -1)
-        task = VideoTask(order, e.video_id, label, e.label, "")
-        if label < 0:
-            pre_failed.append(manifest_row(task, NO_SHARD, f"unknown label: {e.label!r} is not in "
-                                                           f"the label file"))
-        elif e.video_id in first_line:
-            pre_failed.append(manifest_row(task, NO_SHARD, f"duplicate video_id: first at CSV line "
-                                                           f"{first_line[e.video_id]}"))
-        else:
-            first_line[e.video_id] = e.line
-            source = find_video(videos_root, e)
-            assignable.append(VideoTask(order, e.video_id, label, e.label, str(source or "")))
-    shard_of = assign_shards([v.label for v in assignable], settings.videos_per_shard, settings.seed)
-    per_shard: dict[int, list[VideoTask]] = {}
-    for v, shard in zip(assignable, shard_of):
-        per_shard.setdefault(shard, []).append(v)
-    tasks = [ShardTask(i, str(out_dir), tuple(videos), settings, decode_threads)
-             for i, videos in sorted(per_shard.items())]
-    return tasks, pre_failed
-
-
 def convert(csv_path: str | Path, videos_root: str | Path, labels_path: str | Path,
             out_dir: str | Path, settings: Settings, workers: int = 1, backend: str = "loky",
             decode_threads: int = 0) -> ConvertResult:
     """Convert one split; see the module docstring. Raises ValueError/FileNotFoundError for
     unusable inputs before anything is written."""
-    _check_settings(settings)
+    settings.check()
     if not Path(videos_root).is_dir():
         raise FileNotFoundError(f"--videos folder not found: {videos_root}")
     if not Path(labels_path).is_file():
@@ -98,13 +64,13 @@ def convert(csv_path: str | Path, videos_root: str | Path, labels_path: str | Pa
     tasks, pre_failed = plan_shards(entries, {n: i for i, n in enumerate(names)}, videos_root,
                                     out_dir, settings, decode_threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, todo = list(pre_failed), []
+    ordered, todo = list(pre_failed), []
     for task in tasks:
         kept = finished_rows(task)
         if kept is None:
             todo.append(task)
         else:
-            rows.extend(kept)
+            ordered.extend(kept)
     total = sum(len(t.videos) for t in todo)
     log.info("%d videos in %d shards: %d shards already done, converting %d videos in %d shards "
              "with %d worker(s) (%s)", len(entries) - len(pre_failed), len(tasks),
@@ -116,27 +82,13 @@ def convert(csv_path: str | Path, videos_root: str | Path, labels_path: str | Pa
             results = joblib.Parallel(return_as="generator_unordered")(
                 joblib.delayed(convert_shard)(t) for t in todo)
             for shard_rows in results:
-                rows.extend(shard_rows)
+                ordered.extend(shard_rows)
                 progress.update(len(shard_rows))
     seconds = time.perf_counter() - start
-    rows.sort(key=lambda r: r["order"])
-    write_manifest(rows, out_dir, settings, csv_path, labels_path)
+    rows = [row for _, row in sorted(ordered, key=lambda pair: pair[0])]
+    write_manifest(rows, out_dir, settings, csv=str(csv_path), labels=str(labels_path))
     real, apparent = _disk_bytes(out_dir, tasks)
     return ConvertResult(rows, len(tasks) - len(todo), len(todo), total, seconds, real, apparent)
-
-
-def _check_settings(s: Settings) -> None:
-    if not 1 <= s.quality <= 100:
-        raise ValueError(f"--quality must be in 1..100, got {s.quality}")
-    if s.short_side < 0:
-        raise ValueError(f"--short-side must be >= 0 (0 keeps the source size), got {s.short_side}")
-    if s.max_fps is not None and not (s.max_fps > 0 and math.isfinite(s.max_fps)):
-        raise ValueError(f"--max-fps must be a positive number, got {s.max_fps}")
-    if s.videos_per_shard < 1:
-        raise ValueError(f"--videos-per-shard must be >= 1, got {s.videos_per_shard}")
-    if s.page_size & (s.page_size - 1) or not MIN_PAGE <= s.page_size <= MAX_PAGE:
-        raise ValueError(f"--page-mb must be a power of two from {MIN_PAGE / MB:g} to {MAX_PAGE // MB}, "
-                         f"got {s.page_size / MB:g}")
 
 
 class _Progress:
@@ -157,27 +109,12 @@ class _Progress:
                  100.0 * self.done / max(self.total, 1), rate, eta)
 
 
-def write_manifest(rows: list[dict], out_dir: Path, settings: Settings, csv_path: str | Path,
-                   labels_path: str | Path) -> Path:
-    """manifest.parquet with the schema version and settings in its metadata (atomic replace)."""
-    columns = {f.name: [r[f.name] for r in rows] for f in schema.MANIFEST_SCHEMA}
-    meta = {**asdict(settings), "csv": str(csv_path), "labels": str(labels_path)}
-    table = pa.Table.from_pydict(columns, schema=schema.MANIFEST_SCHEMA).replace_schema_metadata({
-        schema.META_SCHEMA_VERSION: str(schema.SCHEMA_VERSION).encode(),
-        schema.META_SETTINGS: json.dumps(meta).encode()})
-    path = out_dir / schema.MANIFEST_NAME
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def _disk_bytes(out_dir: Path, tasks: list[ShardTask]) -> tuple[int, int]:
     """(allocated, apparent) bytes of the shard files: MindRecord files are sparse."""
     real = apparent = 0
     for t in tasks:
-        for key in ("record", "db"):
-            path = shard_paths(out_dir, t.index)[key]
+        files = ShardFiles.of(out_dir, t.index)
+        for path in (files.record, files.db):
             if path.is_file():
                 st = path.stat()
                 real += st.st_blocks * 512
@@ -187,12 +124,12 @@ def _disk_bytes(out_dir: Path, tasks: list[ShardTask]) -> tuple[int, int]:
 
 def summary_lines(result: ConvertResult) -> list[str]:
     """The end-of-run table: ok / failed by reason kind, bytes, rate."""
-    ok = [r for r in result.rows if r["status"] == schema.STATUS_OK]
-    kinds = Counter(r["reason"].split(":")[0] for r in result.rows if r["status"] != schema.STATUS_OK)
+    ok = [r for r in result.rows if r.ok]
+    kinds = Counter(r.reason_kind for r in result.rows if not r.ok)
     lines = [f"{'status':<8} {'reason':<28} {'videos':>8}", f"{'ok':<8} {'':<28} {len(ok):>8}"]
     lines += [f"{'failed':<8} {kind:<28} {n:>8}" for kind, n in sorted(kinds.items())]
-    jpeg = sum(r["bytes"] for r in ok)
-    frames = sum(r["num_frames"] for r in ok)
+    jpeg = sum(r.bytes for r in ok)
+    frames = sum(r.num_frames for r in ok)
     rate = result.videos_converted / result.seconds if result.seconds > 0 else 0.0
     lines += [
         f"jpeg bytes {jpeg / 1e6:.2f} MB; on disk {result.real_bytes / 1e6:.2f} MB allocated, "
@@ -205,7 +142,7 @@ def summary_lines(result: ConvertResult) -> list[str]:
     return lines
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datatools.convert", description=__doc__.split("\n")[0])
     p.add_argument("--csv", required=True, type=Path, help="Kinetics CSV of the split")
     p.add_argument("--videos", required=True, type=Path, help="video root (<root>/<label>/<id>.mp4)")
@@ -215,6 +152,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="resize the short side to this (never up); 0 keeps the source size")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
     p.add_argument("--max-fps", type=float, default=None, help="drop frames above this rate")
+    p.add_argument("--chroma", default=CHROMA_420, choices=CHROMA_SUBSAMPLINGS,
+                   help="JPEG chroma subsampling of the stored frames (default 420: half the "
+                        "bytes of 444)")
     p.add_argument("--workers", type=positive_int, default=1, help="parallel shard tasks")
     p.add_argument("--videos-per-shard", type=int, default=64)
     p.add_argument("--page-mb", type=float, default=DEFAULT_PAGE / MB,
@@ -230,12 +170,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
     _check_backend(args.backend)
     settings = Settings(short_side=args.short_side, quality=args.quality, max_fps=args.max_fps,
                         videos_per_shard=args.videos_per_shard, seed=args.seed,
-                        page_size=int(args.page_mb * MB))
+                        chroma_subsampling=args.chroma, page_size=int(args.page_mb * MB))
     result = convert(args.csv, args.videos, args.labels, args.out, settings, workers=args.workers,
                      backend=args.backend, decode_threads=args.decode_threads)
     print("\n".join(summary_lines(result)))
@@ -254,4 +193,4 @@ def _check_backend(name: str) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(run_cli(build_parser(), main))

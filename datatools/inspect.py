@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from mindspore.mindrecord import FileReader
 
 from datatools import schema
 from datatools.cli import positive_int, run_cli
+from datatools.manifest import ShardFiles, ok_shard_paths, read_rows, shard_index
 from datatools.shards import read_shard_ids
 
 __all__ = ["SplitReport", "inspect_split", "report_lines", "contact_sheet", "main"]
@@ -41,31 +43,32 @@ class SplitReport:
 def inspect_split(split_dir: str | Path) -> SplitReport:
     """Read the manifest and every shard; compare ids per shard (counts included)."""
     split_dir = Path(split_dir)
-    rows = schema.read_manifest(split_dir).to_pylist()
     report = SplitReport()
     expected: dict[int, Counter] = defaultdict(Counter)
     resolution: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for r in rows:
-        if r["status"] != schema.STATUS_OK:
-            report.failed[r["reason"].split(":")[0]] += 1
+    for row in read_rows(split_dir):
+        if not row.ok:
+            report.failed[row.reason_kind] += 1
             continue
         report.ok += 1
-        report.frames += r["num_frames"]
-        report.jpeg_bytes += r["bytes"]
-        expected[r["shard"]][r["video_id"]] += 1
-        stats = resolution[f"{r['src_width']}x{r['src_height']}"]
-        stats[0], stats[1], stats[2] = stats[0] + 1, stats[1] + r["num_frames"], stats[2] + r["bytes"]
+        report.frames += row.num_frames
+        report.jpeg_bytes += row.bytes
+        expected[row.shard][row.video_id] += 1
+        stats = resolution[f"{row.src_width}x{row.src_height}"]
+        stats[0], stats[1], stats[2] = stats[0] + 1, stats[1] + row.num_frames, stats[2] + row.bytes
     report.by_resolution = {k: tuple(v) for k, v in sorted(resolution.items())}
-    on_disk = {int(p.name.split("-")[1].split(".")[0]) for p in split_dir.glob("shard-*.mindrecord")}
+    on_disk = {shard_index(p) for p in split_dir.iterdir()} - {None}
     for extra in sorted(on_disk - set(expected)):
-        report.mismatches.append(f"{schema.shard_name(extra)}: on disk but the manifest lists no ok video in it")
+        report.mismatches.append(f"{ShardFiles.of(split_dir, extra).record.name}: on disk but the "
+                                 f"manifest lists no ok video in it")
     for shard, ids in sorted(expected.items()):
-        path = split_dir / schema.shard_name(shard)
+        files = ShardFiles.of(split_dir, shard)
+        path = files.record
         if not path.is_file():
             report.mismatches.append(f"{path.name}: missing, the manifest lists {sum(ids.values())} videos")
             continue
         report.shards += 1
-        report.disk_bytes += sum(p.stat().st_blocks * 512 for p in (path, Path(f"{path}.db")) if p.is_file())
+        report.disk_bytes += sum(p.stat().st_blocks * 512 for p in (files.record, files.db) if p.is_file())
         try:
             found = Counter(read_shard_ids(path))
         except (OSError, RuntimeError) as exc:
@@ -106,7 +109,7 @@ def contact_sheet(split_dir: str | Path, out_png: str | Path, num_videos: int = 
     split_dir = Path(split_dir)
     names = _class_names(split_dir)
     picked, spare = [], []
-    for path in schema.ok_shard_paths(split_dir):
+    for path in ok_shard_paths(split_dir):
         reader = FileReader(path, num_consumer=1)
         try:
             for item in reader.get_next():
@@ -151,7 +154,7 @@ def _class_names(split_dir: Path) -> dict[int, str]:
     return dict(enumerate(schema.read_labels(path))) if path.is_file() else {}
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datatools.inspect", description=__doc__.split("\n")[0])
     p.add_argument("split", type=Path, help="converted split folder, e.g. records/demo/train")
     p.add_argument("--sheet", type=Path, default=None, help="write a contact sheet PNG here")
@@ -160,8 +163,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
     report = inspect_split(args.split)
     print("\n".join(report_lines(report)))
     if args.sheet is not None:
@@ -170,4 +172,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(run_cli(build_parser(), main))

@@ -3,6 +3,7 @@ generate_label.py wrote it; the trainer reads it with ``datatools.schema.read_la
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -29,15 +30,14 @@ def write_labels(names: list[str], path: str | Path) -> Path:
     return path
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datatools.labels", description=__doc__.split("\n")[0])
     p.add_argument("csv", type=Path, help="Kinetics CSV (label,youtube_id,time_start,time_end,split)")
     p.add_argument("out", type=Path, help="label file to write, e.g. records/kinetics400/labels.txt")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
     names = class_names(e.label for e in read_csv(args.csv))
     if not names:
         raise ValueError(f"{args.csv}: no rows, so no classes")
@@ -47,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(run_cli(build_parser(), main))

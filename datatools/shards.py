@@ -1,4 +1,4 @@
-"""Shards: deterministic assignment, one worker task per shard, verification and done markers.
+"""One shard, end to end in one worker: encode its videos, write, verify, mark done.
 
 A shard is *done* only when its MindRecord file is committed, read back and matched against what
 was written (MindRecord drops bad rows with only a warning), and its marker
@@ -12,132 +12,56 @@ import logging
 import math
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 from mindspore.mindrecord import FileReader, FileWriter
 
 from datatools import schema
+from datatools.manifest import LARGER_PAGE, STATUS_OK, ManifestRow, Reason, Settings, ShardFiles
+from datatools.plan import ShardTask, VideoTask
 from datatools.video import EncodedVideo, VideoError, encode_video
 
-__all__ = ["Settings", "VideoTask", "ShardTask", "assign_shards", "manifest_row", "header_size",
-           "sample_bytes",
-           "convert_shard", "finished_rows", "clear_shard", "read_shard_ids", "shard_paths"]
+__all__ = ["ShardRows", "header_size", "sample_bytes", "convert_shard", "finished_rows",
+           "clear_shard", "read_shard_ids"]
 
 log = logging.getLogger(__name__)
 
-MIN_PAGE, MAX_PAGE = 1 << 15, 1 << 28         # MindRecord's limits; sizes must be powers of two
-DEFAULT_PAGE = 1 << 25                          # 32 MiB: a 10 s clip at short side 256 fits easily
 MIN_HEADER, MAX_HEADER = 1 << 14, 1 << 27
 HEADER_BYTES_PER_PAGE = 512                     # page metadata in the header, generous
 SAMPLE_OVERHEAD = 1024                          # per-sample bytes besides frames and offsets
+ORDER = "order"                                 # a marker row's CSV position, beside its columns
+
+ShardRows = list[tuple[int, ManifestRow]]       # (CSV order, row) of a shard's videos
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Conversion settings that change the stored bytes; a resumed run must use the same ones."""
-
-    short_side: int
-    quality: int
-    max_fps: float | None
-    videos_per_shard: int
-    seed: int
-    chroma_subsampling: str = "420"
-    # MindDataset refuses to read shards whose page or header sizes differ, so both are fixed for
-    # the whole split (header_size derives from page_size and videos_per_shard). A video must fit
-    # in one page; pages hold several videos, so little is lost at page ends when it is a few
-    # times the typical video.
-    page_size: int = DEFAULT_PAGE
-
-
-@dataclass(frozen=True)
-class VideoTask:
-    """One CSV entry to convert; ``order`` is its position in the CSV (manifest row order)."""
-
-    order: int
-    video_id: str
-    label: int
-    label_name: str
-    source: str
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    """Everything one worker needs to own shard ``index`` end to end (no frame data)."""
-
-    index: int
-    out_dir: str
-    videos: tuple[VideoTask, ...]
-    settings: Settings
-    decode_threads: int = 0
-
-
-def assign_shards(labels: Sequence[int], videos_per_shard: int, seed: int) -> list[int]:
-    """Shard index per entry, from the entry order and ``seed`` only.
-
-    Entries are grouped by label, shuffled within each label by ``seed``, then dealt round-robin
-    over ``ceil(n / videos_per_shard)`` shards, so every shard gets a similar class mix.
-    """
-    if videos_per_shard < 1:
-        raise ValueError(f"videos_per_shard must be >= 1, got {videos_per_shard}")
-    n = len(labels)
-    num_shards = max(1, math.ceil(n / videos_per_shard))
-    rng = np.random.default_rng(seed)
-    tiebreak = rng.permutation(n)
-    dealt = sorted(range(n), key=lambda i: (labels[i], tiebreak[i]))
-    shards = [0] * n
-    for position, i in enumerate(dealt):
-        shards[i] = position % num_shards
-    return shards
-
-
-def manifest_row(task: VideoTask, shard: int, reason: str = "",
-                 video: EncodedVideo | None = None) -> dict:
-    """A manifest row (MANIFEST_SCHEMA columns plus ``order``): ok if ``video`` is given."""
-    ok = video is not None
-    return {
-        "order": task.order, "video_id": task.video_id, "label": task.label,
-        "label_name": task.label_name, "source": task.source, "shard": shard,
-        "status": schema.STATUS_OK if ok else schema.STATUS_FAILED, "reason": reason,
-        "num_frames": len(video.jpegs) if ok else 0, "fps": video.fps if ok else 0.0,
-        "src_width": video.src_width if ok else 0, "src_height": video.src_height if ok else 0,
-        "width": video.width if ok else 0, "height": video.height if ok else 0,
-        "bytes": sum(map(len, video.jpegs)) if ok else 0,
-    }
-
-
-def shard_paths(out_dir: str | Path, index: int) -> dict[str, Path]:
-    """Every file shard ``index`` may own: the record and its index, spool, marker."""
-    record = Path(out_dir) / schema.shard_name(index)
-    return {"record": record, "db": record.with_name(record.name + ".db"),
-            "spool": record.with_suffix(".spool"), "done": record.with_suffix(".done.json"),
-            "done_tmp": record.with_suffix(".done.tmp")}
+def _ok_row(task: VideoTask, shard: int, video: EncodedVideo) -> ManifestRow:
+    return ManifestRow(task.video_id, task.label, task.label_name, task.source, shard,
+                       status=STATUS_OK, num_frames=len(video.jpegs), fps=video.fps,
+                       src_width=video.src_width, src_height=video.src_height, width=video.width,
+                       height=video.height, bytes=sum(map(len, video.jpegs)))
 
 
 def clear_shard(out_dir: str | Path, index: int) -> None:
     """Remove whatever a previous, unfinished attempt left of the shard."""
-    for path in shard_paths(out_dir, index).values():
+    for path in ShardFiles.of(out_dir, index).all():
         path.unlink(missing_ok=True)
 
 
-def finished_rows(task: ShardTask) -> list[dict] | None:
-    """The shard's manifest rows if its marker says it is done for exactly these videos and
-    settings and its record file is present; None if it must be (re)done."""
-    paths = shard_paths(task.out_dir, task.index)
-    if not paths["done"].is_file():
+def finished_rows(task: ShardTask) -> ShardRows | None:
+    """The shard's rows if its marker says it is done for exactly these videos and settings
+    and its record file is present; None if it must be (re)done."""
+    files = ShardFiles.of(task.out_dir, task.index)
+    if not files.done.is_file():
         return None
-    done = json.loads(paths["done"].read_text())
-    if done["settings"] != asdict(task.settings):
+    done = json.loads(files.done.read_text())
+    if done["settings"] != task.settings.to_dict():
         raise ValueError(f"{task.out_dir} holds shards converted with other settings "
-                         f"({done['settings']} vs {asdict(task.settings)}); use another --out "
+                         f"({done['settings']} vs {task.settings.to_dict()}); use another --out "
                          f"or remove it")
-    rows = done["rows"]
-    if [r["video_id"] for r in rows] != [v.video_id for v in task.videos]:
+    rows = [(stored.pop(ORDER), ManifestRow(**stored)) for stored in done["rows"]]
+    if [row.video_id for _, row in rows] != [v.video_id for v in task.videos]:
         return None
-    has_ok = any(r["status"] == schema.STATUS_OK for r in rows)
-    if has_ok and not (paths["record"].is_file() and paths["db"].is_file()):
+    if any(row.ok for _, row in rows) and not (files.record.is_file() and files.db.is_file()):
         return None
     return rows
 
@@ -170,49 +94,53 @@ def read_shard_ids(path: str | Path) -> list[str]:
     return ids
 
 
-def convert_shard(task: ShardTask) -> list[dict]:
+def convert_shard(task: ShardTask) -> ShardRows:
     """Convert the shard's videos, write and verify its MindRecord file, then mark it done.
 
-    Returns the shard's manifest rows. Runs in a joblib worker: pure inputs, all output on disk.
+    Returns the shard's rows. Runs in a joblib worker: pure inputs, all output on disk.
     """
     clear_shard(task.out_dir, task.index)
-    paths = shard_paths(task.out_dir, task.index)
+    files = ShardFiles.of(task.out_dir, task.index)
     s = task.settings
     rows, spooled = [], []     # spooled: (sample without frames, spool offset, frame bytes)
-    with open(paths["spool"], "wb") as spool:
+    with open(files.spool, "wb") as spool:
         for v in task.videos:
             try:
-                video = encode_video(v.source, s.short_side, s.quality, s.max_fps, task.decode_threads)
+                video = encode_video(v.source, s.short_side, s.quality, s.max_fps, task.decode_threads,
+                                     max_bytes=s.page_size, chroma=s.chroma_subsampling)
             except VideoError as exc:
-                rows.append(manifest_row(v, task.index, str(exc)))
+                rows.append((v.order, v.row(task.index, str(exc))))
                 continue
             blob, offsets = schema.pack_frames(video.jpegs)
             size = sample_bytes(len(video.jpegs), len(blob))
             if size > s.page_size:
-                rows.append(manifest_row(v, task.index, f"too large: {size} bytes exceed the page "
-                                         f"size {s.page_size}; convert with a larger --page-mb"))
+                reason = Reason.text(Reason.TOO_LARGE, f"{size} bytes exceed the page size "
+                                                       f"{s.page_size}; {LARGER_PAGE}")
+                rows.append((v.order, v.row(task.index, reason)))
                 continue
             spooled.append(({schema.VIDEO_ID: v.video_id, schema.LABEL: v.label,
                              schema.NUM_FRAMES: len(video.jpegs), schema.HEIGHT: video.height,
-                             schema.WIDTH: video.width, schema.OFFSETS: offsets},
+                             schema.WIDTH: video.width, schema.OFFSETS: offsets,
+                             schema.CHECKSUM: schema.sample_checksum(v.video_id, v.label, offsets, blob)},
                             spool.tell(), len(blob)))
             spool.write(blob)
-            rows.append(manifest_row(v, task.index, video=video))
+            rows.append((v.order, _ok_row(v, task.index, video)))
     if spooled:
-        _write_record(paths, spooled, s)
-    paths["spool"].unlink()
-    _write_marker(paths, {"settings": asdict(s), "rows": rows})
+        _write_record(files, spooled, s)
+    files.spool.unlink()
+    _write_marker(files, {"settings": s.to_dict(),
+                          "rows": [{ORDER: order, **row.to_dict()} for order, row in rows]})
     return rows
 
 
-def _write_record(paths: dict[str, Path], spooled: list[tuple[dict, int, int]], s: Settings) -> None:
+def _write_record(files: ShardFiles, spooled: list[tuple[dict, int, int]], s: Settings) -> None:
     """Write the spooled samples into one MindRecord file, commit, read back and compare."""
     page = s.page_size
-    writer = FileWriter(str(paths["record"]), shard_num=1, overwrite=False)
+    writer = FileWriter(str(files.record), shard_num=1, overwrite=False)
     writer.set_page_size(page)
     writer.set_header_size(header_size(page, s.videos_per_shard))
     writer.add_schema(schema.RECORD_SCHEMA, "stnet video clips")
-    with open(paths["spool"], "rb") as spool:
+    with open(files.spool, "rb") as spool:
         batch, batch_bytes = [], 0
         for sample, offset, n in spooled:
             spool.seek(offset)
@@ -225,21 +153,21 @@ def _write_record(paths: dict[str, Path], spooled: list[tuple[dict, int, int]], 
             writer.write_raw_data(batch)
     writer.commit()
     written = [sample[schema.VIDEO_ID] for sample, _, _ in spooled]
-    found = read_shard_ids(paths["record"])
+    found = read_shard_ids(files.record)
     if Counter(found) != Counter(written):
         missing = sorted(set(written) - set(found))[:3]
-        raise OSError(f"{paths['record']}: verification failed: wrote {len(written)} videos, "
+        raise OSError(f"{files.record}: verification failed: wrote {len(written)} videos, "
                       f"read back {len(found)} (missing e.g. {missing})")
 
 
-def _write_marker(paths: dict[str, Path], content: dict) -> None:
+def _write_marker(files: ShardFiles, content: dict) -> None:
     """Flush the record to disk, then atomically create the done marker (temp file + rename)."""
-    for key in ("record", "db"):
-        if paths[key].is_file():
-            with open(paths[key], "rb") as f:
+    for path in (files.record, files.db):
+        if path.is_file():
+            with open(path, "rb") as f:
                 os.fsync(f.fileno())
-    with open(paths["done_tmp"], "w") as f:
+    with open(files.done_tmp, "w") as f:
         json.dump(content, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(paths["done_tmp"], paths["done"])
+    os.replace(files.done_tmp, files.done)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -159,7 +160,7 @@ def make_dataset(out: Path, num_classes: int, per_class: int, val_per_class: int
     return csv_paths[0], csv_paths[1]
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datatools.synth", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path, help="output folder (videos/, train.csv, val.csv)")
     p.add_argument("--classes", type=positive_int, default=4, help=f"1..{len(CLASSES)} (default 4)")
@@ -173,8 +174,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
     val = args.val_per_class if args.val_per_class is not None else max(1, args.per_class // 4)
     spec = SynthSpec(num_frames=args.frames, width=args.size[0], height=args.size[1])
     train_csv, val_csv = make_dataset(args.out, args.classes, args.per_class, val, args.seed, spec)
@@ -184,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(run_cli(build_parser(), main))

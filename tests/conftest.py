@@ -4,23 +4,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import mindspore as ms
 import pytest
 
 from datatools import schema
 from datatools.convert import convert
 from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
-from datatools.shards import Settings
+from datatools.manifest import Settings
 from datatools.synth import SynthSpec, make_dataset
 from trainer.cpu import use_fast_cpu_kernels
 
-use_fast_cpu_kernels()   # the tests run MindSpore on CPU, as trainer.runtime.init_runtime does
+# The tests run MindSpore on CPU, set up as trainer.runtime.init_runtime does it, before any test
+# runs a kernel (MindSpore refuses set_device once one has run, whichever test comes first).
+use_fast_cpu_kernels()
+ms.set_device("CPU")
 
 TINY_CLASSES = 4
 TINY_TRAIN_PER_CLASS = 4     # 16 train videos: divisible by the demo batch size 4
 TINY_VAL_PER_CLASS = 3       # 12 val videos: not divisible by 8, exercises eval padding
 TINY_SPEC = SynthSpec(num_frames=16, width=160, height=120)
-TINY_SHORT_SIDE = 112        # configs/demo.yaml data.short_side: stored 149x112
+TINY_SHORT_SIDE = 64         # as `make records` stores the demo: 160x120 sources kept at 85x64
 TINY_VIDEOS_PER_SHARD = 5    # several shards per split
 
 

@@ -121,7 +121,7 @@ def test_launch_starts_one_rank_per_device_and_reports_every_failure(project, tm
         assert log.startswith(f"rank {rank} of 2 on device {rank}: ")
         assert "Ascend" in log.split("\n", 1)[1]  # the trainer itself ran and refused Ascend
     assert result.stderr.splitlines()[-1] == (
-        "error: ranks 0 1 failed (exit 1, 1); logs: runs/rank-table/rank_0/train.log "
+        "error: ranks 0 1 failed (exit 2, 2); logs: runs/rank-table/rank_0/train.log "
         "runs/rank-table/rank_1/train.log")
 
 

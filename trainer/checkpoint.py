@@ -8,69 +8,46 @@ checks what it left out.
 from __future__ import annotations
 
 import logging
-import os
-import re
 from pathlib import Path
 
 import mindspore as ms
 from mindspore import nn
 
 from trainer.config import Config
+from trainer.rundir import RunDir, atomic_path
 
-__all__ = ["EPOCH_KEY", "STEP_KEY", "BEST_NAME", "run_dir", "checkpoint_arg", "save_training_state",
-           "latest_checkpoint", "restore_training_state", "save_weights", "load_weights"]
+__all__ = ["EPOCH_KEY", "STEP_KEY", "checkpoint_arg", "save_training_state",
+           "restore_training_state", "save_weights", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
 EPOCH_KEY = "epoch"       # epochs completed when the checkpoint was written
 STEP_KEY = "step"         # optimizer steps completed
-CHECKPOINT_DIR = "checkpoints"
-BEST_NAME = "best.ckpt"   # weights with the best validation top-1
 # Optimizer hyperparameters the config defines: a resumed run takes them from its config, so a
 # run can be extended (more epochs: a longer per-step LR array) or given a new schedule.
 FROM_CONFIG = ("learning_rate", "momentum")
-_EPOCH_FILE = re.compile(r"epoch-(\d{4,})\.ckpt$")
-
-
-def run_dir(cfg: Config) -> Path:
-    """``<train.output_dir>/<name>/``: where a run's checkpoints and logs live."""
-    return Path(cfg.train.output_dir) / cfg.name
 
 
 def checkpoint_arg(cfg: Config, ckpt: str | None) -> Path:
     """A command's ``--ckpt``, by default the run's ``best.ckpt``; it must exist."""
-    path = Path(ckpt) if ckpt else run_dir(cfg) / BEST_NAME
+    path = Path(ckpt) if ckpt else RunDir.of(cfg).best_weights
     if not path.is_file():
         raise FileNotFoundError(f"--ckpt not found: {path}")
     return path
 
 
-def _atomic_save(save_obj, path: Path, append_dict: dict) -> None:
+def _save(save_obj, path: Path, append_dict: dict) -> None:
     """A killed run leaves no half-written checkpoint under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.ckpt")  # save_checkpoint appends .ckpt to any other name
-    ms.save_checkpoint(save_obj, str(tmp), append_dict=append_dict)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".ckpt") as tmp:
+        ms.save_checkpoint(save_obj, str(tmp), append_dict=append_dict)
 
 
-def save_training_state(train_cell: nn.Cell, run_dir: Path, epoch: int, step: int, keep: int) -> Path:
-    """Write ``epoch-NNNN.ckpt`` and delete all but the newest ``keep`` epoch checkpoints."""
-    path = Path(run_dir) / CHECKPOINT_DIR / f"epoch-{epoch:04d}.ckpt"
-    _atomic_save(train_cell, path, {EPOCH_KEY: epoch, STEP_KEY: step})
-    for old in _epoch_checkpoints(run_dir)[:-max(keep, 1)]:
-        old.unlink()
+def save_training_state(train_cell: nn.Cell, run: RunDir, epoch: int, step: int, keep: int) -> Path:
+    """Write the epoch checkpoint and delete all but the newest ``keep`` of them."""
+    path = run.epoch_checkpoint(epoch)
+    _save(train_cell, path, {EPOCH_KEY: epoch, STEP_KEY: step})
+    run.prune_checkpoints(keep)
     return path
-
-
-def _epoch_checkpoints(run_dir: Path) -> list[Path]:
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    found = [p for p in folder.glob("epoch-*.ckpt") if _EPOCH_FILE.search(p.name)] if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(_EPOCH_FILE.search(p.name).group(1)))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = _epoch_checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 # Train-cell state that may be absent or surplus when a run is resumed with another amp level:
@@ -157,7 +134,7 @@ def restore_training_state(train_cell: nn.Cell, path: Path) -> tuple[int, int]:
 
 def save_weights(net: nn.Cell, path: Path, epoch: int) -> None:
     """Network weights only (``best.ckpt``): what eval and export need."""
-    _atomic_save(net, Path(path), {EPOCH_KEY: epoch})
+    _save(net, Path(path), {EPOCH_KEY: epoch})
 
 
 def load_weights(net: nn.Cell, path: str | Path) -> None:

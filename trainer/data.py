@@ -2,7 +2,7 @@
 
 One record is one video (``datatools.schema``): its JPEG frames in one blob plus byte offsets,
 so a clip decodes only the T×N frames it uses. The map op runs in threads (simplejpeg and cv2
-release the GIL, and threads avoid copying each ~21 MB clip between processes; DESIGN.md §5).
+release the GIL, and threads avoid copying each ~21 MB clip between processes; docs/design.md §7).
 Every random choice comes from ``(seed, epoch)`` (shuffle) or a per-sample generator seeded by
 ``(seed, epoch, video_id)`` (sampling, crop, flip), so a run is reproducible whatever thread
 handles which sample, and a training dataset is built per epoch.
@@ -20,9 +20,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from datatools.schema import (FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, frame_bytes,
-                              manifest_settings, ok_shard_paths, read_manifest, source_sizes)
-from trainer.config import Config, ConfigError
+from datatools.manifest import ok_shard_paths, read_manifest, read_settings, source_sizes
+from datatools.schema import FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, frame_bytes
+from trainer.config import RESIZE_MODES, Config, ConfigError
 
 __all__ = ["MEAN", "STD", "CLIP", "MASK", "RESIZE_MODES", "ClipSampler", "ClipDecoder", "TrainClips",
            "EvalClips", "clip_decoder", "split_dir", "records", "create_dataset"]
@@ -35,13 +35,12 @@ STD = (0.229, 0.224, 0.225)
 CLIP = "clip"
 MASK = "mask"
 SPLIT_KEYS = ("train", "val")
-RESIZE_MODES = ("keep", "zoo")
 _LOGGED: set[str] = set()
 _READ_COLUMNS = [FRAMES, OFFSETS, NUM_FRAMES, LABEL, VIDEO_ID]
 
 
 class ClipSampler:
-    """Frame indices of T segments × N consecutive frames (StNet / TSN style, DESIGN.md §4).
+    """Frame indices of T segments × N consecutive frames (StNet / TSN style, docs/design.md §6).
 
     Reads only ``num_frames`` of a video. The video is cut into T segments of
     ``avg = num_frames // T`` frames; segment i contributes N consecutive frames starting at
@@ -285,7 +284,7 @@ def records(cfg: Config, split: str, *, training: bool, rank: int = 0, group_siz
     shards = ok_shard_paths(split_dir(cfg, split))
     if not shards:
         raise FileNotFoundError(f"no converted videos in {split_dir(cfg, split)}")
-    # MindDataset's shuffle seed is global; it must be the same on every rank (DESIGN.md §5).
+    # MindDataset's shuffle seed is global; it must be the same on every rank (docs/design.md §4).
     ds.config.set_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
     sharding = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
     if training:
@@ -305,30 +304,35 @@ def _log_once(message: str, *args) -> None:
 
 
 def clip_decoder(cfg: Config, split: str, crop: int, normalize: bool = True) -> ClipDecoder:
-    """The decoder for a split, checked against the conversion settings stored in its manifest.
+    """The decoder for a split, from the conversion settings stored in its manifest.
 
-    A stored short side below the crop is refused (every clip would be upscaled from too few
-    pixels); one that differs from ``data.short_side`` is rescaled at read time, which is said
-    once. ``data.resize=zoo`` takes the source sizes from the manifest.
+    ``data.short_side: 0`` reads frames at the split's stored short side; another value rescales
+    them at read time, which is said once. A stored short side below the crop is refused (every
+    clip would be upscaled from too few pixels). ``data.resize=zoo`` takes the source sizes from
+    the manifest.
     """
     folder = split_dir(cfg, split)
     table = read_manifest(folder)
-    stored = manifest_settings(table).get("short_side")
-    if stored is not None and stored < crop:
+    settings = read_settings(table)
+    stored = settings.short_side if settings else None
+    if stored is not None and 0 < stored < crop:
         raise ValueError(f"{folder} is stored at short side {stored}, below the crop {crop}: "
                          f"reconvert it with datatools.convert --short-side {crop} or more, or lower "
                          f"data.crop_size / test.crop")
     if cfg.data.resize not in RESIZE_MODES:
         raise ConfigError(f"data.resize must be one of {'|'.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
-    short = cfg.data.short_side
+    short = cfg.data.short_side or stored
+    if not short:
+        raise ValueError(f"data.short_side=0 reads frames as stored, but {folder} was converted "
+                         f"at their source size (--short-side 0): set data.short_side")
     if cfg.data.resize == "zoo":
         _log_once("%s: data.resize=zoo: frames of sources whose short side is not %d are squashed "
                   "to %dx%d as the model zoo does (stored at short side %s)", folder, short,
                   int(short * 4 / 3), short, stored)
         sizes = {vid: size for vid, size in source_sizes(table).items() if min(size) == short}
         return ClipDecoder(short, crop, normalize, resize="zoo", source_sizes=sizes)
-    if stored is not None and stored != short:
-        _log_once("%s is stored at short side %d; frames are scaled to data.short_side=%d at read "
+    if stored != short:
+        _log_once("%s is stored at short side %s; frames are scaled to data.short_side=%d at read "
                   "time", folder, stored, short)
     return ClipDecoder(short, crop, normalize)
 

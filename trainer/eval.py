@@ -18,12 +18,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from datatools.cli import run_cli, setup_logging
 from datatools.schema import LABEL, LABELS_NAME, read_labels
 from trainer.checkpoint import checkpoint_arg
-from trainer.cli import run_cli
 from trainer.config import config_from_args, config_parser
 from trainer.data import CLIP, MASK, create_dataset
-from trainer.runtime import all_reduce_sum, init_runtime, setup_logging
+from trainer.runtime import all_reduce_sum, init_runtime
 from trainer.scoring import video_scores
 
 __all__ = ["evaluate", "summary_line", "write_results", "main"]

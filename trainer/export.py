@@ -24,14 +24,14 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
+from datatools.cli import run_cli, setup_logging
 from datatools.schema import LABELS_NAME, read_labels
 from trainer.checkpoint import checkpoint_arg
-from trainer.cli import run_cli
 from trainer.config import Config, config_from_args, config_parser
 from trainer.data import MEAN, STD
 from trainer.exported import (DYNAMIC, FORMATS, export_path, metadata_path, read_metadata,
                               sha256_file)
-from trainer.runtime import init_runtime, setup_logging
+from trainer.runtime import init_runtime, resolve_device_target
 
 __all__ = ["INPUT_DTYPES", "Uint8Input", "parse_batch", "input_shape", "export_network", "main"]
 
@@ -88,9 +88,9 @@ def _check_request(cfg: Config, fmt: str, batch: int | None) -> None:
         raise ValueError(f"--batch {DYNAMIC} is not supported for AIR (deprecated in MindSpore 2.10, "
                          f"never verified with a dynamic batch here); use MINDIR for a dynamic "
                          f"batch, or a fixed --batch such as 1")
-    if fmt == "AIR" and cfg.device_target != "Ascend":
+    if fmt == "AIR" and (device := resolve_device_target(cfg)) != "Ascend":
         raise ValueError(f"--format AIR needs device_target=Ascend (MindSpore writes AIR only on "
-                         f"Ascend), got {cfg.device_target!r}; use MINDIR or ONNX here")
+                         f"Ascend), got {device!r}; use MINDIR or ONNX here")
     if fmt == "ONNX" and batch is None:
         raise ValueError(f"--batch {DYNAMIC} is not supported for ONNX (MindSpore's ONNX exporter "
                          f"needs static shapes); give a fixed --batch such as 1")

@@ -35,14 +35,12 @@ import sys
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal, HeUniform, Uniform
 
-from trainer.cli import run_cli
-from trainer.config import Config, config_from_args, config_parser
+from datatools.cli import run_cli
+from trainer.config import BLOCKS_PER_STAGE, XCEPTION_VARIANTS, Config, config_from_args, config_parser
 
 __all__ = ["BLOCKS_PER_STAGE", "XCEPTION_VARIANTS", "StNet", "create_model", "count_parameters",
            "layer_table", "main"]
 
-BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-XCEPTION_VARIANTS = ("depthwise", "dense")
 EXPANSION = 4          # bottleneck output channels / inner channels
 STAGE_STRIDES = (1, 2, 2, 2)
 
@@ -244,5 +242,9 @@ def main(args: argparse.Namespace) -> None:
     print(f"params={params} tensors={tensors}")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    return config_parser("Print the StNet layer table and parameter counts.")
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(config_parser("Print the StNet layer table and parameter counts."), main))
+    sys.exit(run_cli(build_parser(), main))

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -14,25 +13,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 
-from trainer.cli import run_cli  # noqa: E402
-from trainer.train import LOG_NAME  # noqa: E402
+from datatools.cli import run_cli  # noqa: E402
+from trainer.rundir import RunDir  # noqa: E402
 
-__all__ = ["read_run_log", "plot_run"]
-
-
-def read_run_log(run_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(training log lines, evaluation lines) of a run folder."""
-    path = Path(run_dir) / LOG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no {LOG_NAME} in {run_dir}: is it a run folder of trainer.train?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if "loss" in r], [r for r in records if "top1" in r]
+__all__ = ["plot_run"]
 
 
-def plot_run(run_dir: Path, out: Path) -> Path:
-    train, evals = read_run_log(run_dir)
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Draw the run's curves to ``out`` (default: the run folder's curves.png)."""
+    run = RunDir(run_dir)
+    train, evals = run.read_log()
     if not train:
-        raise ValueError(f"{run_dir}/{LOG_NAME} has no training lines yet")
+        raise ValueError(f"{run.log} has no training lines yet")
+    out = out or run.curves
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train])
     ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
@@ -48,11 +41,11 @@ def plot_run(run_dir: Path, out: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> None:
-    out = plot_run(args.run_dir, args.out or Path(args.run_dir) / "curves.png")
+    out = plot_run(args.run_dir, args.out)
     print(f"wrote {out}")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Draw loss/accuracy curves of a training run to PNG.")
     parser.add_argument("run_dir", type=Path, help="run folder, e.g. runs/demo")
     parser.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/curves.png)")
@@ -60,4 +53,4 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(get_args_parser(), main))
+    sys.exit(run_cli(build_parser(), main))

@@ -3,13 +3,13 @@
     python -m trainer.train --config configs/demo.yaml [key=value ...]
     msrun --worker_num=8 --local_worker_num=8 --master_port=8118 trainer/train.py --config ...
 
-The run folder ``<train.output_dir>/<name>/`` gets the resolved config, ``train.jsonl`` (one JSON
-object per log line and per evaluation), ``checkpoints/epoch-NNNN.ckpt`` (the last K, full state)
-and ``best.ckpt`` (weights with the best validation top-1). Only rank 0 writes.
+The run folder (``trainer.rundir``) gets the resolved config, ``train.jsonl`` (one JSON object per
+log window and per evaluation), the last K epoch checkpoints (full state) and ``best.ckpt``
+(weights with the best validation top-1). Only rank 0 writes.
 """
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import math
 import sys
@@ -20,25 +20,23 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from trainer.checkpoint import (BEST_NAME, latest_checkpoint, restore_training_state, run_dir,
-                                save_training_state, save_weights)
-from trainer.cli import RunStopped, run_cli
+from datatools.cli import RunStopped, run_cli, setup_logging
+from trainer.checkpoint import restore_training_state, save_training_state, save_weights
 from trainer.config import Config, config_from_args, config_parser, save_config
 from trainer.data import create_dataset
 from trainer.eval import evaluate
 from trainer.model import create_model
 from trainer.precision import cast_network
 from trainer.pretrained import load_pretrained
-from trainer.runtime import all_reduce_sum, init_runtime, setup_logging
+from trainer.rundir import RunDir
+from trainer.runtime import all_reduce_sum, init_runtime
 from trainer.schedule import build_lr
 from trainer.train_step import build_train_cell, run_step
 
-__all__ = ["TrainingDiverged", "train_one_epoch", "average_bn_statistics", "main"]
+__all__ = ["TrainingDiverged", "train", "train_one_epoch", "average_bn_statistics", "main"]
 
 logger = logging.getLogger(__name__)
 
-BEST_SCORE_NAME = "best.json"
-LOG_NAME = "train.jsonl"
 # Under loss scaling a skipped step is normal (a dynamic scale probes upwards). This many in a
 # row means the loss itself diverged: a dynamic scale starting anywhere up to 2**24 has by then
 # sat at its floor of 1 for 8 steps.
@@ -50,15 +48,14 @@ class TrainingDiverged(RunStopped):
 
 
 class RunLog:
-    """JSON lines on rank 0; nothing elsewhere."""
+    """``train.jsonl`` on rank 0; nothing elsewhere."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
+    def __init__(self, run: RunDir | None):
+        self.run = run
 
     def write(self, **record) -> None:
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.run is not None:
+            self.run.append_log(record)
 
 
 def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: np.ndarray,
@@ -126,33 +123,28 @@ def average_bn_statistics(net: nn.Cell, group_size: int) -> None:
         start += p.size
 
 
-def _resume_path(cfg: Config) -> Path | None:
+def _resume_path(cfg: Config, run: RunDir) -> Path | None:
     if cfg.train.resume is None:
         return None
     if cfg.train.resume == "auto":
-        return latest_checkpoint(run_dir(cfg))
+        return run.latest_checkpoint()
     return Path(cfg.train.resume)
 
 
-def _read_best(out: Path) -> float:
-    path = out / BEST_SCORE_NAME
-    return json.loads(path.read_text())["top1"] if path.is_file() else -1.0
-
-
-def main(cfg: Config) -> dict:
+def train(cfg: Config) -> dict:
     """Train to ``train.epochs``; returns the last evaluation (empty if none ran)."""
     rank, group_size = init_runtime(cfg)
     setup_logging(rank)
-    out = run_dir(cfg)
+    run = RunDir.of(cfg)
     is_writer = rank == 0
     if is_writer:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    run_log = RunLog(out / LOG_NAME if is_writer else None)
+        run.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+    run_log = RunLog(run if is_writer else None)
     ms.set_seed(cfg.seed)
 
     net = create_model(cfg)
-    resume = _resume_path(cfg)
+    resume = _resume_path(cfg, run)
     if resume is None and cfg.model.pretrained:
         load_pretrained(net, cfg.model.pretrained)
     net = cast_network(net, cfg)   # the same cast as trainer.eval and trainer.export
@@ -164,9 +156,9 @@ def main(cfg: Config) -> dict:
     if resume is not None:
         start_epoch, step = restore_training_state(train_cell, resume)
         logger.info("resumed from %s: %d epochs, %d steps done", resume, start_epoch, step)
-    best = _read_best(out)
+    best = run.best_top1()
     logger.info("run %s: %d ranks, %d steps/epoch, %d clips/step, epochs %d..%d",
-                out, group_size, steps_per_epoch, cfg.data.batch_size * group_size,
+                run.path, group_size, steps_per_epoch, cfg.data.batch_size * group_size,
                 start_epoch + 1, cfg.train.epochs)
 
     metrics: dict = {}
@@ -178,7 +170,7 @@ def main(cfg: Config) -> dict:
                                log_interval=cfg.train.log_interval, run_log=run_log)
         average_bn_statistics(net, group_size)
         if is_writer:
-            save_training_state(train_cell, out, epoch + 1, step, cfg.train.keep_checkpoints)
+            save_training_state(train_cell, run, epoch + 1, step, cfg.train.keep_checkpoints)
         last = epoch + 1 == cfg.train.epochs
         if (epoch + 1) % cfg.train.eval_interval and not last:
             continue
@@ -190,14 +182,18 @@ def main(cfg: Config) -> dict:
                       videos=metrics["videos"])
         if is_writer and metrics["top1"] > best:
             best = metrics["top1"]
-            save_weights(net, out / BEST_NAME, epoch + 1)
-            (out / BEST_SCORE_NAME).write_text(json.dumps({"epoch": epoch + 1, "top1": best}))
+            save_weights(net, run.best_weights, epoch + 1)
+            run.write_best_score(epoch + 1, best)
     return metrics
 
 
-def get_args_parser():
+def main(args: argparse.Namespace) -> dict:
+    return train(config_from_args(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
     return config_parser("Train StNet on MindRecord shards (alone, or one rank under msrun).")
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(get_args_parser(), lambda args: main(config_from_args(args))))
+    sys.exit(run_cli(build_parser(), main))

@@ -20,12 +20,10 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from trainer.config import Config, ConfigError
+from trainer.config import LOSS_SCALE_MANAGERS, Config, ConfigError
 from trainer.precision import amp_level
 
 __all__ = ["LOSS_SCALE_MANAGERS", "StepResult", "LossScaledTrainStep", "build_train_cell", "run_step"]
-
-LOSS_SCALE_MANAGERS = ("dynamic", "fixed")
 
 _not_finite = ops.MultitypeFuncGraph("not_finite")
 

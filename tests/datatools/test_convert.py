@@ -12,7 +12,8 @@ import simplejpeg
 
 from datatools import schema
 from datatools.convert import convert, summary_lines
-from datatools.shards import Settings
+from datatools.manifest import (STATUS_FAILED, STATUS_OK, Settings, ok_shard_paths, read_manifest,
+                                read_rows, read_settings)
 from tests.datatools import bad_videos
 
 SETTINGS = Settings(short_side=32, quality=85, max_fps=None, videos_per_shard=3, seed=0)
@@ -20,7 +21,7 @@ SETTINGS = Settings(short_side=32, quality=85, max_fps=None, videos_per_shard=3,
 
 def read_split(split_dir) -> list[dict]:
     """Every sample of a split through MindDataset, as the trainer reads it."""
-    files = schema.ok_shard_paths(split_dir)
+    files = ok_shard_paths(split_dir)
     dataset = ds.MindDataset(files, columns_list=schema.RECORD_COLUMNS, shuffle=False)
     return list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
 
@@ -50,11 +51,10 @@ def bad_run(tmp_path_factory):
 
 def test_every_bad_input_is_a_failed_row_with_a_reason(bad_run):
     base, result = bad_run
-    table = schema.read_manifest(base / "out")
-    rows = table.to_pylist()
-    assert len(rows) == 12 and [r["video_id"].split("_")[0] for r in rows][:3] == ["good1", "good2", "good3"]
-    reasons = {r["video_id"].split("_")[0] + ("#2" if i == 11 else ""): r["reason"]
-               for i, r in enumerate(rows) if r["status"] == schema.STATUS_FAILED}
+    rows = read_rows(base / "out")
+    assert len(rows) == 12 and [r.video_id.split("_")[0] for r in rows][:3] == ["good1", "good2", "good3"]
+    reasons = {r.video_id.split("_")[0] + ("#2" if i == 11 else ""): r.reason
+               for i, r in enumerate(rows) if not r.ok}
     assert reasons["missing"] == "missing file"
     assert reasons["zero"] == "empty file: 0 bytes"
     assert reasons["random"].startswith("cannot open: ")
@@ -65,35 +65,33 @@ def test_every_bad_input_is_a_failed_row_with_a_reason(bad_run):
     assert reasons["unknown"] == "unknown label: 'swim' is not in the label file"
     assert reasons["good1#2"] == "duplicate video_id: first at CSV line 2"
     assert len(reasons) == 9 and all("\n" not in r for r in reasons.values())
-    assert {r["shard"] for r in rows if r["reason"].startswith(("unknown", "duplicate"))} == {-1}
+    assert {r.shard for r in rows if r.reason.startswith(("unknown", "duplicate"))} == {-1}
     summary = "\n".join(summary_lines(result))
     assert "ok" in summary and "missing file" in summary and "unknown label" in summary
 
 
 def test_ok_rows_are_read_back_by_minddataset(bad_run):
     base, _ = bad_run
-    ok = [r for r in schema.read_manifest(base / "out").to_pylist() if r["status"] == schema.STATUS_OK]
+    ok = [r for r in read_rows(base / "out") if r.ok]
     samples = read_split(base / "out")
-    assert Counter(str(s[schema.VIDEO_ID]) for s in samples) == Counter(r["video_id"] for r in ok)
-    by_id = {r["video_id"]: r for r in ok}
+    assert Counter(str(s[schema.VIDEO_ID]) for s in samples) == Counter(r.video_id for r in ok)
+    by_id = {r.video_id: r for r in ok}
     for s in samples:
         row = by_id[str(s[schema.VIDEO_ID])]
         blob, offsets = s[schema.FRAMES].tobytes(), s[schema.OFFSETS]
-        assert int(s[schema.NUM_FRAMES]) == row["num_frames"] == len(offsets) - 1 == 12
-        assert len(blob) == offsets[-1] == row["bytes"]
-        assert int(s[schema.LABEL]) == row["label"]
+        assert int(s[schema.NUM_FRAMES]) == row.num_frames == len(offsets) - 1 == 12
+        assert len(blob) == offsets[-1] == row.bytes
+        assert int(s[schema.LABEL]) == row.label
         # 64x48 source, short side 32: stored 43x32; every frame decodes to it.
-        assert (int(s[schema.WIDTH]), int(s[schema.HEIGHT])) == (row["width"], row["height"]) == (43, 32)
-        for i in range(row["num_frames"]):
+        assert (int(s[schema.WIDTH]), int(s[schema.HEIGHT])) == (row.width, row.height) == (43, 32)
+        for i in range(row.num_frames):
             frame = simplejpeg.decode_jpeg(bytes(schema.frame_bytes(blob, offsets, i)))
             assert frame.shape == (32, 43, 3) and frame.dtype == np.uint8
 
 
 def test_manifest_metadata_holds_version_and_settings(bad_run):
     base, _ = bad_run
-    settings = schema.manifest_settings(schema.read_manifest(base / "out"))
-    assert settings["quality"] == 85 and settings["short_side"] == 32
-    assert settings["chroma_subsampling"] == "420"
+    assert read_settings(read_manifest(base / "out")) == SETTINGS
 
 
 def test_rerun_with_other_settings_is_refused(bad_run):
@@ -133,10 +131,26 @@ def test_shards_of_different_sized_videos_read_as_one_split(tmp_path):
     settings = Settings(short_side=0, quality=90, max_fps=None, videos_per_shard=2, seed=0,
                         page_size=1 << 20)
     result = convert(tmp_path / "train.csv", videos, tmp_path / "labels.txt", tmp_path / "out", settings)
-    assert [r["status"] for r in result.rows] == [schema.STATUS_OK] * 5
-    assert len(schema.ok_shard_paths(tmp_path / "out")) == 3
+    assert [r.status for r in result.rows] == [STATUS_OK] * 5
+    assert len(ok_shard_paths(tmp_path / "out")) == 3
     assert sorted(s[schema.VIDEO_ID].item() for s in read_split(tmp_path / "out")) == \
-        sorted(r["video_id"] for r in result.rows)
+        sorted(r.video_id for r in result.rows)
+
+
+@pytest.mark.parametrize("chroma", ["420", "444"])
+def test_chroma_setting_reaches_the_stored_jpegs(tmp_path, chroma):
+    bad_videos.good(tmp_path / "videos" / "walk" / "v_000000_000010.mp4", num_frames=3)
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\nwalk,v,0,10,train\n")
+    (tmp_path / "labels.txt").write_text("walk 0\n")
+    settings = Settings(short_side=0, quality=90, max_fps=None, videos_per_shard=2, seed=0,
+                        chroma_subsampling=chroma, page_size=1 << 20)
+    convert(tmp_path / "train.csv", tmp_path / "videos", tmp_path / "labels.txt", tmp_path / "out", settings)
+    (sample,) = read_split(tmp_path / "out")
+    blob, offsets = sample[schema.FRAMES].tobytes(), sample[schema.OFFSETS]
+    headers = {simplejpeg.decode_jpeg_header(bytes(schema.frame_bytes(blob, offsets, i)))[3]
+               for i in range(len(offsets) - 1)}
+    assert headers == {chroma}
+    assert read_settings(read_manifest(tmp_path / "out")).chroma_subsampling == chroma
 
 
 def test_a_video_larger_than_a_page_is_a_failed_row(tmp_path):
@@ -149,9 +163,9 @@ def test_a_video_larger_than_a_page_is_a_failed_row(tmp_path):
     settings = Settings(short_side=0, quality=95, max_fps=None, videos_per_shard=2, seed=0,
                         page_size=1 << 16)
     result = convert(tmp_path / "train.csv", videos, tmp_path / "labels.txt", tmp_path / "out", settings)
-    status = {r["video_id"].split("_")[0]: (r["status"], r["reason"]) for r in result.rows}
-    assert status["small"] == (schema.STATUS_OK, "")
-    assert status["big"][0] == schema.STATUS_FAILED and "larger --page-mb" in status["big"][1]
+    status = {r.video_id.split("_")[0]: (r.status, r.reason) for r in result.rows}
+    assert status["small"] == (STATUS_OK, "")
+    assert status["big"][0] == STATUS_FAILED and "larger --page-mb" in status["big"][1]
     assert [s[schema.VIDEO_ID].item() for s in read_split(tmp_path / "out")] == ["small_000000_000010"]
 
 

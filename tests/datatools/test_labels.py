@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from datatools.kinetics import CsvEntry, find_video, read_csv
-from datatools.labels import class_names, main as labels_main, write_labels
+from datatools.cli import run_cli
+from datatools.labels import build_parser, class_names, main, write_labels
 from datatools.schema import read_labels
 
 # Official K400/K700 layout: quoted labels with commas, an optional is_cc column.
@@ -31,7 +32,7 @@ def test_read_csv_handles_quotes_commas_and_extra_columns(tmp_path):
 def test_label_file_is_sorted_name_space_index_and_round_trips(tmp_path):
     csv_path, out = tmp_path / "train.csv", tmp_path / "records" / "labels.txt"
     csv_path.write_text(CSV_TEXT)
-    assert labels_main([str(csv_path), str(out)]) == 0
+    assert run_cli(build_parser(), main, [str(csv_path), str(out)]) == 0
     assert out.read_text() == "abseiling 0\ncooking egg, fried 1\nzumba 2\n"
     assert read_labels(out) == ["abseiling", "cooking egg, fried", "zumba"]
 

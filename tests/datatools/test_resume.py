@@ -10,7 +10,7 @@ from collections import Counter
 
 from datatools import schema
 from datatools.convert import convert
-from datatools.shards import Settings
+from datatools.manifest import MANIFEST_NAME, STATUS_OK, Settings, read_rows
 from tests.datatools import bad_videos
 from tests.datatools.test_convert import read_split
 
@@ -59,14 +59,14 @@ def test_resume_after_kill_keeps_done_shards_and_completes_the_rest(tmp_path):
     done = {p.name.split(".")[0]: (out / (p.name.split(".")[0] + ".mindrecord")).stat().st_mtime_ns
             for p in out.glob("*.done.json")}
     assert 1 <= len(done) < VIDEOS // 3, f"kill came too late to interrupt the run: {sorted(done)}"
-    assert not (out / schema.MANIFEST_NAME).exists()
+    assert not (out / MANIFEST_NAME).exists()
 
     result = convert(tmp_path / "train.csv", tmp_path / "videos", tmp_path / "labels.txt", out, SETTINGS)
     assert result.shards_kept == len(done) and result.shards_done == VIDEOS // 3 - len(done)
     for stem, mtime in done.items():   # kept, not rewritten
         assert (out / f"{stem}.mindrecord").stat().st_mtime_ns == mtime
-    rows = schema.read_manifest(out).to_pylist()
-    assert [r["status"] for r in rows] == [schema.STATUS_OK] * VIDEOS
+    rows = read_rows(out)
+    assert [r.status for r in rows] == [STATUS_OK] * VIDEOS
     ids = Counter(str(s[schema.VIDEO_ID]) for s in read_split(out))
     assert ids == Counter(f"vid{i:08d}_000000_000010" for i in range(VIDEOS))   # once each
     leftovers = [p.name for p in out.iterdir() if p.suffix in (".spool", ".tmp")]

@@ -9,7 +9,9 @@ import simplejpeg
 from datatools import schema
 from datatools.convert import plan_shards
 from datatools.kinetics import read_csv
-from datatools.shards import DEFAULT_PAGE, assign_shards, header_size
+from datatools.manifest import DEFAULT_PAGE, STATUS_OK, read_rows
+from datatools.plan import assign_shards
+from datatools.shards import header_size
 from tests.datatools.test_convert import read_split
 
 
@@ -45,23 +47,23 @@ def test_tiny_records_match_the_csv_and_stored_sizes(tiny_records):
     assert schema.read_labels(tiny_records.labels) == sorted(
         {e.label for e in read_csv(tiny_records.train_csv)})
     for split, csv_path in (("train", tiny_records.train_csv), ("val", tiny_records.val_csv)):
-        rows = schema.read_manifest(tiny_records.split(split)).to_pylist()
-        assert [r["video_id"] for r in rows] == [e.video_id for e in read_csv(csv_path)]
-        assert {r["status"] for r in rows} == {schema.STATUS_OK}
+        rows = read_rows(tiny_records.split(split))
+        assert [r.video_id for r in rows] == [e.video_id for e in read_csv(csv_path)]
+        assert {r.status for r in rows} == {STATUS_OK}
         samples = read_split(tiny_records.split(split))
-        assert sorted(str(s[schema.VIDEO_ID]) for s in samples) == sorted(r["video_id"] for r in rows)
+        assert sorted(str(s[schema.VIDEO_ID]) for s in samples) == sorted(r.video_id for r in rows)
         for s in samples:
             blob, offsets = s[schema.FRAMES].tobytes(), s[schema.OFFSETS]
             assert int(s[schema.NUM_FRAMES]) == tiny_records.num_frames
             last = simplejpeg.decode_jpeg(bytes(schema.frame_bytes(blob, offsets, len(offsets) - 2)))
-            assert last.shape == (int(s[schema.HEIGHT]), int(s[schema.WIDTH]), 3) == (112, 149, 3)
+            assert last.shape == (int(s[schema.HEIGHT]), int(s[schema.WIDTH]), 3) == (64, 85, 3)
 
 
 def test_shard_plan_of_tiny_records_is_reproducible(tiny_records):
-    rows = schema.read_manifest(tiny_records.split("train")).to_pylist()
+    rows = read_rows(tiny_records.split("train"))
     names = schema.read_labels(tiny_records.labels)
     tasks, pre_failed = plan_shards(read_csv(tiny_records.train_csv), {n: i for i, n in enumerate(names)},
                                     tiny_records.source / "videos", "unused", tiny_records.settings)
     planned = {v.video_id: t.index for t in tasks for v in t.videos}
-    assert pre_failed == [] and planned == {r["video_id"]: r["shard"] for r in rows}
+    assert pre_failed == [] and planned == {r.video_id: r.shard for r in rows}
     assert len(tasks) == 4 and all(len({v.label for v in t.videos}) >= 3 for t in tasks)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from datatools.schema import (LABEL, STATUS_OK, VIDEO_ID, pack_frames,
-                              read_manifest)
+from datatools.manifest import read_rows
+from datatools.schema import LABEL, VIDEO_ID, pack_frames
 from trainer.config import load_config
 from trainer.data import CLIP, MASK, MEAN, STD, ClipDecoder, ClipSampler, create_dataset, records
 
@@ -130,9 +130,7 @@ def cfg(tiny_records):
 
 
 def _ok_ids(cfg, split: str) -> list[str]:
-    table = read_manifest(Path(cfg.data.root) / split)
-    return [v for v, s in zip(table.column(VIDEO_ID).to_pylist(), table.column("status").to_pylist())
-            if s == STATUS_OK]
+    return [row.video_id for row in read_rows(Path(cfg.data.root) / split) if row.ok]
 
 
 def _batches(dataset) -> list[dict]:

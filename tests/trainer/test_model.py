@@ -19,7 +19,7 @@ R50_BLOCKS = (3, 4, 6, 3)
 
 def expected_counts(frames_per_segment: int, num_classes: int, width: int,
                     depthwise: bool) -> tuple[int, int]:
-    """(trainable, tensors) of StNet-R50 counted by hand from the architecture in DESIGN.md §4.
+    """(trainable, tensors) of StNet-R50 counted by hand from the architecture in docs/design.md §6.
 
     A BN layer has 2 trainable vectors and 4 tensors (with the moving statistics).
     """
@@ -219,4 +219,4 @@ def test_cli_prints_layer_table_and_model_zoo_counts():
 def test_cli_rejects_bad_value_in_one_line():
     done = _cli("--config", "configs/demo.yaml", "model.depth=34")
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: depth must be one of (50, 101, 152), got 34"
+    assert done.stderr.strip() == "error: model.depth must be one of 50|101|152, got 34"

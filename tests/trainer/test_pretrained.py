@@ -152,7 +152,7 @@ def test_inflated_conv1_keeps_its_response_on_identical_frames(net, imagenet_ckp
     assert _value(net, "conv1.weight").shape == (8, 15, 7, 7)
     frame = np.random.default_rng(3).standard_normal((2, 3, 40, 56)).astype(np.float32)
     stacked = np.tile(frame, (1, 5, 1, 1))                        # N=5 identical RGB frames
-    imagenet_conv1 = ms.nn.Conv2d(3, 8, 7, stride=2, pad_mode="same",
+    imagenet_conv1 = ms.nn.Conv2d(3, 8, 7, stride=2, pad_mode="pad", padding=3,
                                   weight_init=ms.Tensor(arrays["conv1.weight"]))
     expected = imagenet_conv1(ms.Tensor(frame)).asnumpy()
     got = net.conv1(ms.Tensor(stacked)).asnumpy()

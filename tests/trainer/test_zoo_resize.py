@@ -12,7 +12,7 @@ from datatools.convert import convert
 from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
 from datatools.schema import LABELS_NAME
-from datatools.shards import Settings
+from datatools.manifest import Settings
 from datatools.synth import SynthSpec, make_dataset
 from trainer.config import ConfigError, load_config
 from trainer.data import CLIP, MEAN, STD, ClipDecoder, ClipSampler, clip_decoder, create_dataset

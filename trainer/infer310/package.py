@@ -25,8 +25,8 @@ import ast
 import shutil
 from pathlib import Path
 
+from datatools.cli import run_cli
 from datatools.schema import read_labels
-from trainer.cli import run_cli
 from trainer.exported import metadata_path, read_metadata, sha256_file
 from trainer.infer310 import DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, read_meta
 from trainer.infer310.runner import check_export, check_model_file

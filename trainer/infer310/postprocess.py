@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.cli import run_cli
+from datatools.cli import run_cli
 from trainer.infer310 import LABELS_FILE, RESULT_DIR, read_meta, result_name
 from trainer.scoring import video_scores
 

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from datatools.cli import run_cli, setup_logging
 from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID
-from trainer.cli import run_cli
 from trainer.config import Config, config_from_args, config_parser
 from trainer.data import CLIP, MASK, create_dataset
 from trainer.infer310 import DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, clip_name
-from trainer.runtime import setup_logging
 
 __all__ = ["preprocess", "main"]
 

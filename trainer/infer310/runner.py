@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from trainer.cli import run_cli
+from datatools.cli import run_cli, setup_logging
 from trainer.cpu import use_fast_cpu_kernels
 from trainer.exported import FORMATS, metadata_path, read_metadata
 from trainer.infer310 import DATA_DIR, RESULT_DIR, read_meta, result_name
@@ -141,9 +140,7 @@ def run_clips(model: str | Path, work_dir: str | Path, device: str = "CPU",
 
 
 def main(args: argparse.Namespace) -> dict:
-    # trainer.runtime.setup_logging would import MindSpore, which a Lite-only host lacks
-    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     summary = run_clips(args.model, args.work, args.device, args.device_id)
     print(f"clips={summary['clips']} seconds={summary['seconds']:.2f} "
           f"clips_per_s={summary['clips_per_s']:.2f}", flush=True)

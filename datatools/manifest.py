@@ -1,0 +1,236 @@
+"""A converted split's on-disk contract besides the samples themselves: the manifest row, the
+failure reasons, the conversion settings as stored, and the files each shard owns.
+
+    records/<name>/<split>/shard-NNNNN.mindrecord (+ .db)   the samples (datatools.schema)
+    records/<name>/<split>/shard-NNNNN.done.json            the shard's rows and settings: done
+    records/<name>/<split>/manifest.parquet                 one ManifestRow per CSV entry
+
+Every column name is written here and nowhere else: the converter, the inspector and the
+trainer go through ``ManifestRow``, ``ShardFiles``, ``Settings`` and the readers below. The
+trainer may import this module (docs/design.md §1).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from datatools.schema import SCHEMA_VERSION, SchemaVersionError
+
+__all__ = [
+    "MANIFEST_NAME", "STATUS_OK", "STATUS_FAILED", "NO_SHARD", "Reason", "reason_kind",
+    "ManifestRow", "MANIFEST_SCHEMA", "Settings", "ShardFiles", "shard_index", "write_manifest",
+    "read_manifest", "read_rows", "read_settings", "ok_shard_paths", "source_sizes",
+]
+
+MANIFEST_NAME = "manifest.parquet"
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+NO_SHARD = -1                       # the shard of rows that fail before any worker sees them
+META_SCHEMA_VERSION = b"stnet_records.schema_version"
+META_SETTINGS = b"stnet_records.settings"      # JSON of the conversion settings (+ csv, labels)
+
+MB = 1 << 20
+MIN_PAGE, MAX_PAGE = 1 << 15, 1 << 28          # MindRecord's limits; sizes must be powers of two
+DEFAULT_PAGE = 1 << 25                          # 32 MiB: a 10 s clip at short side 256 fits easily
+LARGER_PAGE = "convert with a larger --page-mb"  # the fix named by every too-large reason
+CHROMA_420 = "420"
+CHROMA_SUBSAMPLINGS = (CHROMA_420, "422", "444")   # JPEG chroma subsampling of stored frames
+
+
+class Reason:
+    """Kinds of failure, the part of a reason before ``:`` (``"truncated: decoded 40 of 90"``)."""
+
+    MISSING = "missing file"
+    EMPTY = "empty file"
+    CANNOT_OPEN = "cannot open"
+    NO_VIDEO_STREAM = "no video stream"
+    NO_FRAMES = "no frames decoded"
+    TRUNCATED = "truncated"
+    UNSUPPORTED_ROTATION = "unsupported rotation"
+    TOO_LARGE = "too large"
+    UNKNOWN_LABEL = "unknown label"
+    DUPLICATE_ID = "duplicate video_id"
+
+    @staticmethod
+    def text(kind: str, detail: str = "") -> str:
+        """One manifest line: ``kind`` alone, or ``kind: detail``."""
+        return f"{kind}: {detail}" if detail else kind
+
+
+def reason_kind(reason: str) -> str:
+    """``"truncated: decoded 40 of 90 frames"`` -> ``"truncated"``."""
+    return reason.split(":", 1)[0]
+
+
+@dataclass
+class ManifestRow:
+    """One CSV entry, converted (``ok``) or not (``failed`` with a one-line reason)."""
+
+    video_id: str           # <ytid>_<start:06d>_<end:06d>, unique in a split
+    label: int              # index into labels.txt, -1 if the CSV label is unknown
+    label_name: str
+    source: str             # path of the source video ("" if not found)
+    shard: int              # shard the video is assigned to (NO_SHARD if never assigned)
+    status: str = STATUS_FAILED
+    reason: str = ""        # one line, "" when ok
+    num_frames: int = 0     # frames stored
+    fps: float = 0.0        # source frame rate
+    src_width: int = 0
+    src_height: int = 0
+    width: int = 0          # stored frame size
+    height: int = 0
+    bytes: int = 0          # JPEG bytes stored for the video
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    @property
+    def reason_kind(self) -> str:
+        return reason_kind(self.reason)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Arrow types by annotation (strings under ``from __future__ import annotations``).
+_ARROW_TYPES = {"str": pa.string(), "int": pa.int32(), "float": pa.float32()}
+_WIDE = {"bytes": pa.int64()}
+MANIFEST_SCHEMA = pa.schema([pa.field(f.name, _WIDE.get(f.name) or _ARROW_TYPES[f.type])
+                             for f in fields(ManifestRow)])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Conversion settings that change the stored bytes; a resumed run must use the same ones."""
+
+    short_side: int
+    quality: int
+    max_fps: float | None
+    videos_per_shard: int
+    seed: int
+    chroma_subsampling: str = CHROMA_420
+    # MindDataset refuses to read shards whose page or header sizes differ, so both are fixed for
+    # the whole split (the header size derives from page_size and videos_per_shard). A video must
+    # fit in one page; pages hold several videos, so little is lost at page ends.
+    page_size: int = DEFAULT_PAGE
+
+    def check(self) -> None:
+        """Refuse unusable settings with the command-line flag to change."""
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be in 1..100, got {self.quality}")
+        if self.short_side < 0:
+            raise ValueError(f"--short-side must be >= 0 (0 keeps the source size), got {self.short_side}")
+        if self.max_fps is not None and not (self.max_fps > 0 and math.isfinite(self.max_fps)):
+            raise ValueError(f"--max-fps must be a positive number, got {self.max_fps}")
+        if self.chroma_subsampling not in CHROMA_SUBSAMPLINGS:
+            raise ValueError(f"--chroma must be one of {'|'.join(CHROMA_SUBSAMPLINGS)}, "
+                             f"got {self.chroma_subsampling!r}")
+        if self.videos_per_shard < 1:
+            raise ValueError(f"--videos-per-shard must be >= 1, got {self.videos_per_shard}")
+        if self.page_size & (self.page_size - 1) or not MIN_PAGE <= self.page_size <= MAX_PAGE:
+            raise ValueError(f"--page-mb must be a power of two from {MIN_PAGE / MB:g} to "
+                             f"{MAX_PAGE // MB}, got {self.page_size / MB:g}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "Settings":
+        return cls(**{f.name: stored[f.name] for f in fields(cls) if f.name in stored})
+
+
+SHARD_PREFIX, RECORD_SUFFIX = "shard-", ".mindrecord"
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """Every file shard ``index`` of a split may own."""
+
+    record: Path        # the MindRecord file
+    db: Path            # its index (MindRecord stores the record's name in it: never rename)
+    spool: Path         # frame bytes while the shard is being converted
+    done: Path          # marker: the shard's rows and settings, written last
+    done_tmp: Path      # the marker before its atomic rename
+
+    @classmethod
+    def of(cls, split_dir: str | Path, index: int) -> "ShardFiles":
+        record = Path(split_dir) / f"{SHARD_PREFIX}{index:05d}{RECORD_SUFFIX}"
+        return cls(record, record.with_name(record.name + ".db"), record.with_suffix(".spool"),
+                   record.with_suffix(".done.json"), record.with_suffix(".done.tmp"))
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.record, self.db, self.spool, self.done, self.done_tmp)
+
+
+def shard_index(path: str | Path) -> int | None:
+    """The index of a ``shard-NNNNN.mindrecord`` file, None for any other name."""
+    name = Path(path).name
+    digits = name[len(SHARD_PREFIX):-len(RECORD_SUFFIX)]
+    if name.startswith(SHARD_PREFIX) and name.endswith(RECORD_SUFFIX) and digits.isdigit():
+        return int(digits)
+    return None
+
+
+def write_manifest(rows: Iterable[ManifestRow], out_dir: str | Path, settings: Settings,
+                   **extra_meta: str) -> Path:
+    """manifest.parquet with the schema version and settings in its metadata (atomic replace)."""
+    rows = list(rows)
+    columns = {f.name: [getattr(r, f.name) for r in rows] for f in MANIFEST_SCHEMA}
+    meta = {**settings.to_dict(), **extra_meta}
+    table = pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA).replace_schema_metadata({
+        META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(), META_SETTINGS: json.dumps(meta).encode()})
+    path = Path(out_dir) / MANIFEST_NAME
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(split_dir: str | Path) -> pa.Table:
+    """The split's manifest table, refusing files written under another schema version."""
+    path = Path(split_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest at {path}: convert the split first (datatools.convert)")
+    table = pq.read_table(path)
+    found = (table.schema.metadata or {}).get(META_SCHEMA_VERSION, b"<none>").decode()
+    if found != str(SCHEMA_VERSION):
+        raise SchemaVersionError(
+            f"{path}: records schema v{found}, this code reads v{SCHEMA_VERSION}; reconvert the split")
+    return table
+
+
+def read_rows(split_dir: str | Path) -> list[ManifestRow]:
+    return [ManifestRow(**row) for row in read_manifest(split_dir).to_pylist()]
+
+
+def read_settings(table: pa.Table) -> Settings | None:
+    """The conversion settings stored with a manifest (None for a manifest without them)."""
+    stored = json.loads((table.schema.metadata or {}).get(META_SETTINGS, b"{}"))
+    return Settings.from_dict(stored) if "short_side" in stored else None
+
+
+def ok_shard_paths(split_dir: str | Path) -> list[str]:
+    """Shard files that hold at least one converted video, in shard order."""
+    table = read_manifest(split_dir)
+    shards = sorted({s for s, st in zip(table.column("shard").to_pylist(),
+                                         table.column("status").to_pylist()) if st == STATUS_OK})
+    paths = [str(ShardFiles.of(split_dir, s).record) for s in shards]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"manifest lists shards that are not on disk: {missing[:3]}")
+    return paths
+
+
+def source_sizes(table: pa.Table) -> dict[str, tuple[int, int]]:
+    """(height, width) of each converted video's source, by video_id (stored frames may be smaller)."""
+    rows = zip(table.column("video_id").to_pylist(), table.column("status").to_pylist(),
+               table.column("src_height").to_pylist(), table.column("src_width").to_pylist())
+    return {vid: (height, width) for vid, status, height, width in rows if status == STATUS_OK}

@@ -1,0 +1,94 @@
+"""Which video goes to which shard: a pure function of the CSV, the labels and the seed.
+
+Planning reads no video and writes nothing, so a resumed run plans the same shards, and rows
+that can fail before decoding (unknown label, duplicate id) are known up front.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from datatools.kinetics import CsvEntry, find_video
+from datatools.manifest import NO_SHARD, ManifestRow, Reason, Settings
+
+__all__ = ["VideoTask", "ShardTask", "assign_shards", "plan_shards"]
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """One CSV entry to convert; ``order`` is its position in the CSV (manifest row order)."""
+
+    order: int
+    video_id: str
+    label: int
+    label_name: str
+    source: str
+
+    def row(self, shard: int, reason: str = "") -> ManifestRow:
+        """The entry's manifest row before conversion: failed with ``reason``."""
+        return ManifestRow(self.video_id, self.label, self.label_name, self.source, shard,
+                           reason=reason)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything one worker needs to own shard ``index`` end to end (no frame data)."""
+
+    index: int
+    out_dir: str
+    videos: tuple[VideoTask, ...]
+    settings: Settings
+    decode_threads: int = 0
+
+
+def assign_shards(labels: Sequence[int], videos_per_shard: int, seed: int) -> list[int]:
+    """Shard index per entry, from the entry order and ``seed`` only.
+
+    Entries are grouped by label, shuffled within each label by ``seed``, then dealt round-robin
+    over ``ceil(n / videos_per_shard)`` shards, so every shard gets a similar class mix.
+    """
+    if videos_per_shard < 1:
+        raise ValueError(f"videos_per_shard must be >= 1, got {videos_per_shard}")
+    n = len(labels)
+    num_shards = max(1, math.ceil(n / videos_per_shard))
+    tiebreak = np.random.default_rng(seed).permutation(n)
+    dealt = sorted(range(n), key=lambda i: (labels[i], tiebreak[i]))
+    shards = [0] * n
+    for position, i in enumerate(dealt):
+        shards[i] = position % num_shards
+    return shards
+
+
+def plan_shards(entries: list[CsvEntry], class_index: dict[str, int], videos_root: str | Path,
+                out_dir: str | Path, settings: Settings,
+                decode_threads: int = 0) -> tuple[list[ShardTask], list[tuple[int, ManifestRow]]]:
+    """Shard tasks plus the (CSV order, row) of entries that fail before any decoding.
+
+    Assignment depends only on the CSV and the labels (not on which files exist), so a resumed
+    run sees the same shards.
+    """
+    pre_failed, assignable, first_line = [], [], {}
+    for order, e in enumerate(entries):
+        label = class_index.get(e.label, -1)
+        task = VideoTask(order, e.video_id, label, e.label, "")
+        if label < 0:
+            reason = Reason.text(Reason.UNKNOWN_LABEL, f"{e.label!r} is not in the label file")
+            pre_failed.append((order, task.row(NO_SHARD, reason)))
+        elif e.video_id in first_line:
+            reason = Reason.text(Reason.DUPLICATE_ID, f"first at CSV line {first_line[e.video_id]}")
+            pre_failed.append((order, task.row(NO_SHARD, reason)))
+        else:
+            first_line[e.video_id] = e.line
+            source = find_video(videos_root, e)
+            assignable.append(VideoTask(order, e.video_id, label, e.label, str(source or "")))
+    shard_of = assign_shards([v.label for v in assignable], settings.videos_per_shard, settings.seed)
+    per_shard: dict[int, list[VideoTask]] = {}
+    for v, shard in zip(assignable, shard_of):
+        per_shard.setdefault(shard, []).append(v)
+    tasks = [ShardTask(i, str(out_dir), tuple(videos), settings, decode_threads)
+             for i, videos in sorted(per_shard.items())]
+    return tasks, pre_failed

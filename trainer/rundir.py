@@ -1,0 +1,124 @@
+"""The run folder ``<train.output_dir>/<name>/``: every file name in it, and how each is written.
+
+    config.yaml                 the resolved config of the run (no ``base:``)
+    train.jsonl                 one JSON object per log window and per evaluation
+    checkpoints/epoch-NNNN.ckpt full training state after epoch NNNN (the newest K kept)
+    best.ckpt, best.json        weights with the best validation top-1, and that top-1 and epoch
+    curves.png                  loss/accuracy curves (trainer.plot)
+
+Training, checkpointing, evaluation, export and plotting find these files here and nowhere else.
+Writes are atomic (a temporary name, then a rename), so a killed run never leaves a half-written
+file under a final name. Imports no MindSpore: ``trainer.plot`` reads a run without it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from trainer.config import Config
+
+__all__ = ["RunDir", "atomic_path"]
+
+_EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.ckpt$")
+
+
+@contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary name beside ``path``; on success it replaces ``path``.
+
+    ``suffix`` ends the temporary name (``ms.save_checkpoint`` appends ``.ckpt`` to any other).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class RunDir:
+    """One run folder; ``RunDir.of(cfg)`` is the run a config names."""
+
+    CONFIG = "config.yaml"
+    LOG = "train.jsonl"
+    CHECKPOINTS = "checkpoints"
+    BEST_WEIGHTS = "best.ckpt"
+    BEST_SCORE = "best.json"
+    CURVES = "curves.png"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, cfg: Config) -> "RunDir":
+        return cls(Path(cfg.train.output_dir) / cfg.name)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def log(self) -> Path:
+        return self.path / self.LOG
+
+    @property
+    def best_weights(self) -> Path:
+        return self.path / self.BEST_WEIGHTS
+
+    @property
+    def best_score(self) -> Path:
+        return self.path / self.BEST_SCORE
+
+    @property
+    def curves(self) -> Path:
+        return self.path / self.CURVES
+
+    def epoch_checkpoint(self, epoch: int) -> Path:
+        return self.path / self.CHECKPOINTS / f"epoch-{epoch:04d}.ckpt"
+
+    def epoch_checkpoints(self) -> list[Path]:
+        """Epoch checkpoints, oldest first (by epoch number, not file time)."""
+        folder = self.path / self.CHECKPOINTS
+        found = [p for p in folder.iterdir() if _EPOCH_FILE.match(p.name)] if folder.is_dir() else []
+        return sorted(found, key=lambda p: int(_EPOCH_FILE.match(p.name).group(1)))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.epoch_checkpoints()
+        return found[-1] if found else None
+
+    def prune_checkpoints(self, keep: int) -> None:
+        """Delete all but the newest ``keep`` (at least one) epoch checkpoints."""
+        for old in self.epoch_checkpoints()[:-max(keep, 1)]:
+            old.unlink()
+
+    def write_text(self, path: Path, text: str) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+
+    def append_log(self, record: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_log(self) -> tuple[list[dict], list[dict]]:
+        """(training log windows, evaluations) of ``train.jsonl``."""
+        if not self.log.is_file():
+            raise FileNotFoundError(f"no {self.LOG} in {self.path}: is it a run folder of trainer.train?")
+        records = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return [r for r in records if "loss" in r], [r for r in records if "top1" in r]
+
+    def best_top1(self) -> float:
+        """The best validation top-1 so far, -1 before the first evaluation."""
+        return json.loads(self.best_score.read_text())["top1"] if self.best_score.is_file() else -1.0
+
+    def write_best_score(self, epoch: int, top1: float) -> None:
+        self.write_text(self.best_score, json.dumps({"epoch": epoch, "top1": top1}) + "\n")
