@@ -25,6 +25,18 @@ NNODES ?= 1
 NODE_RANK ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MSRUN_LOG ?= runs/msrun-logs
+# A quiet console: MindSpore's own log (C++ and Python, GLOG_*) goes to files under $(MS_LOG_DIR)
+# and only its errors reach the terminal; msrun's worker logs keep every line of the workers'
+# output. VERBOSE=1 prints everything, as MindSpore does by default. A GLOG_* set by the caller wins.
+VERBOSE ?=
+MS_LOG_DIR ?= runs/mindspore-logs
+ifeq ($(VERBOSE),)
+export GLOG_v ?= 2
+export GLOG_logtostderr ?= 0
+export GLOG_stderrthreshold ?= 3
+export GLOG_log_dir ?= $(CURDIR)/$(MS_LOG_DIR)
+$(shell mkdir -p $(GLOG_log_dir))
+endif
 MSRUN = msrun --worker_num=$$(( $(NPROC) * $(NNODES) )) --local_worker_num=$(NPROC) \
 	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) --node_rank=$(NODE_RANK) \
 	--log_dir=$(MSRUN_LOG) --join=True --tail_worker_log=0

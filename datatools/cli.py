@@ -34,6 +34,7 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace]
     Any other OSError means an output could not be written (e.g. a full disk, an unwritable
     folder): ``error: ...``, exit 1. RunStopped: ``stopped: ...``, exit 1.
     """
+    parser.prog = _module_prog(parser.prog)
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format=LOG_FORMAT)  # if unset
     try:
@@ -48,6 +49,13 @@ def run_cli(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace]
         print(f"stopped: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _module_prog(prog: str) -> str:
+    """``python -m trainer.train`` instead of argparse's ``train.py`` in usage lines, when the
+    command runs as a module (as every command here does)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return f"python -m {spec.name}" if prog.endswith(".py") and spec is not None else prog
 
 
 def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:

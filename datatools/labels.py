@@ -1,5 +1,8 @@
-"""Kinetics CSV -> label file (``<class name> <idx>`` per line, names sorted), as the reference's
-generate_label.py wrote it; the trainer reads it with ``datatools.schema.read_labels``."""
+"""Write the label file of a Kinetics CSV: one ``<class name> <idx>`` line per class, names sorted.
+
+The reference's generate_label.py wrote the same file; the trainer reads it with
+``datatools.schema.read_labels``.
+"""
 from __future__ import annotations
 
 import argparse

@@ -110,11 +110,22 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def read_log(self) -> tuple[list[dict], list[dict]]:
-        """(training log windows, evaluations) of ``train.jsonl``."""
+        """(training log windows, evaluations) of ``train.jsonl``, in step order.
+
+        A run resumed from an epoch checkpoint logs again the steps after it that a stopped
+        attempt had logged: a later line replaces every earlier one at or past its step.
+        """
         if not self.log.is_file():
             raise FileNotFoundError(f"no {self.LOG} in {self.path}: is it a run folder of trainer.train?")
-        records = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-        return [r for r in records if "loss" in r], [r for r in records if "top1" in r]
+        kept: list[dict] = []
+        for line in self.log.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                while kept and kept[-1]["step"] >= record["step"] and \
+                        not (kept[-1]["step"] == record["step"] and "top1" in record):
+                    kept.pop()
+                kept.append(record)
+        return [r for r in kept if "loss" in r], [r for r in kept if "top1" in r]
 
     def best_top1(self) -> float:
         """The best validation top-1 so far, -1 before the first evaluation."""

@@ -1,0 +1,61 @@
+"""The run folder: names, atomic writes, and a log that reads back in step order after a resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trainer.plot import plot_run, smoothed
+from trainer.rundir import RunDir, atomic_path
+
+
+def _write_log(run: RunDir, records: list[dict]) -> None:
+    for record in records:
+        run.append_log(record)
+
+
+def _window(epoch: int, step: int) -> dict:
+    return {"epoch": epoch, "step": step, "loss": 1.0 / step, "lr": 0.01}
+
+
+def test_resumed_run_reads_back_monotone_in_step(tmp_path):
+    """Epoch 1 (steps 2, 4) and its eval; a stopped attempt at epoch 2 (6, 8); the resume from
+    epoch 1 logs 6, 8 and the eval again: the log reads 2, 4, 6, 8 with one eval per epoch."""
+    run = RunDir(tmp_path / "run")
+    _write_log(run, [_window(1, 2), _window(1, 4), {"epoch": 1, "step": 4, "top1": 0.5, "top5": 1.0},
+                     _window(2, 6), _window(2, 8),
+                     _window(2, 6), _window(2, 8), {"epoch": 2, "step": 8, "top1": 0.7, "top5": 1.0}])
+    train, evals = run.read_log()
+    assert [r["step"] for r in train] == [2, 4, 6, 8]
+    assert [(r["epoch"], r["top1"]) for r in evals] == [(1, 0.5), (2, 0.7)]
+    assert plot_run(run.path).is_file()                 # draws without a line back in time
+
+
+def test_smoothing_follows_a_constant_and_lags_a_step():
+    assert smoothed([2.0] * 5) == pytest.approx([2.0] * 5)     # debiased: no pull towards 0
+    jump = smoothed([0.0] * 5 + [1.0] * 5)
+    assert jump[4] == 0.0 and 0 < jump[5] < jump[9] < 1.0
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "best.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["best.json"]
+
+
+def test_epoch_checkpoints_sort_by_number_and_prune(tmp_path):
+    run = RunDir(tmp_path)
+    for epoch in (9, 10, 2):
+        path = run.epoch_checkpoint(epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    assert [p.name for p in run.epoch_checkpoints()] == ["epoch-0002.ckpt", "epoch-0009.ckpt",
+                                                         "epoch-0010.ckpt"]
+    run.prune_checkpoints(keep=2)
+    assert run.latest_checkpoint().name == "epoch-0010.ckpt" and len(run.epoch_checkpoints()) == 2
+    run.write_best_score(3, 0.75)
+    assert run.best_top1() == 0.75 and json.loads(run.best_score.read_text())["epoch"] == 3
