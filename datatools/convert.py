@@ -3,8 +3,11 @@
 Every CSV entry becomes one manifest row, ``ok`` or ``failed`` with a one-line reason; bad videos
 never stop the run. ``datatools.plan`` decides the shards; each joblib task owns one shard end
 to end (``datatools.shards``: decode, encode, write, verify, mark done), so no frame data passes
-through this process, which only runs the tasks and reports. Re-running the same command keeps
-the shards marked done and redoes the rest.
+through this process, which only runs the tasks and reports. One converter at a time holds the
+output folder (``datatools.lock``). Re-running the same command keeps the shards marked done
+whose files still match their digests, redoes the rest, and retries videos that failed for a
+reason that can change once their source file changed; a resume must use the same settings and
+the same label file. A full disk stops the run with one line; it resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +25,20 @@ import joblib
 from datatools import schema
 from datatools.cli import non_negative_int, positive_int, run_cli
 from datatools.kinetics import read_csv
-from datatools.manifest import (CHROMA_420, CHROMA_SUBSAMPLINGS, DEFAULT_PAGE, MB, ManifestRow, Settings,
-                                ShardFiles, write_manifest)
+from datatools.lock import output_lock
+from datatools.manifest import (CHROMA_420, CHROMA_SUBSAMPLINGS, DEFAULT_PAGE, MANIFEST_NAME, MB, DoneMarker,
+                                FileDigest, ManifestRow, Settings, ShardFiles, write_manifest)
 from datatools.plan import ShardTask, plan_shards
-from datatools.shards import convert_shard, finished_rows
+from datatools.shards import ShardRows, Verdict, clear_shard, convert_shard, no_space_error, shard_verdict
 
 __all__ = ["ConvertResult", "convert", "summary_lines", "main"]
 
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 5.0  # at most one progress line per this many seconds
+# Backends whose tasks have all stopped once joblib raises (it kills or joins its local workers),
+# so the shards they left unfinished can be removed; a cluster's tasks may still be running.
+LOCAL_BACKENDS = frozenset({"loky", "multiprocessing", "threading", "sequential"})
 
 
 @dataclass
@@ -44,51 +52,131 @@ class ConvertResult:
     seconds: float
     real_bytes: int
     apparent_bytes: int
+    shards_damaged: int = 0     # kept shards whose files no longer matched their digests: redone
+    retried: int = 0            # failed videos retried because their source changed
+    retried_ok: int = 0         # ... of which now converted
+
+
+@dataclass
+class _Resume:
+    """What an existing output means for this run: rows kept, shards to (re)do, videos retried."""
+
+    kept: ShardRows
+    todo: list[ShardTask]
+    damaged: int
+    retried: set[str]
 
 
 def convert(csv_path: str | Path, videos_root: str | Path, labels_path: str | Path,
             out_dir: str | Path, settings: Settings, workers: int = 1, backend: str = "loky",
             decode_threads: int = 0) -> ConvertResult:
     """Convert one split; see the module docstring. Raises ValueError/FileNotFoundError for
-    unusable inputs before anything is written."""
+    unusable inputs before anything is written, OutputLocked while another converter holds
+    ``out_dir``, NoSpaceError when the disk fills."""
     settings.check()
     if not Path(videos_root).is_dir():
         raise FileNotFoundError(f"--videos folder not found: {videos_root}")
     if not Path(labels_path).is_file():
         raise FileNotFoundError(f"--labels file not found: {labels_path}")
     names = schema.read_labels(labels_path)
+    labels_sha256 = FileDigest.of(labels_path).sha256
     entries = read_csv(csv_path)
     if not entries:
         raise ValueError(f"{csv_path}: no rows to convert")
     out_dir = Path(out_dir)
     tasks, pre_failed = plan_shards(entries, {n: i for i, n in enumerate(names)}, videos_root,
-                                    out_dir, settings, decode_threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ordered, todo = list(pre_failed), []
-    for task in tasks:
-        kept = finished_rows(task)
-        if kept is None:
-            todo.append(task)
+                                    out_dir, settings, labels_sha256, decode_threads)
+    with output_lock(out_dir):
+        resume = _resume(tasks, Path(labels_path), workers)
+        total = sum(len(t.videos) for t in resume.todo)
+        log.info("%d videos in %d shards: %d shards already done, converting %d videos in %d shards "
+                 "with %d worker(s) (%s)", len(entries) - len(pre_failed), len(tasks),
+                 len(tasks) - len(resume.todo), total, len(resume.todo), workers, backend)
+        start = time.perf_counter()
+        ordered = pre_failed + resume.kept + _run(resume.todo, workers, backend, total, start)
+        seconds = time.perf_counter() - start
+        rows = [row for _, row in sorted(ordered, key=lambda pair: pair[0])]
+        _write_manifest(rows, out_dir, settings, tasks, csv=str(csv_path), labels=str(labels_path),
+                        labels_sha256=labels_sha256)
+    real, apparent = _disk_bytes(out_dir, tasks)
+    retried_ok = sum(r.ok for r in rows if r.video_id in resume.retried)
+    return ConvertResult(rows, len(tasks) - len(resume.todo), len(resume.todo), total, seconds, real,
+                         apparent, resume.damaged, len(resume.retried), retried_ok)
+
+
+def _resume(tasks: list[ShardTask], labels_path: Path, workers: int) -> _Resume:
+    """Sort the planned shards into kept and to-do after checking that the output was converted
+    with these settings and this label file. The kept shards' digests are checked in threads:
+    hashlib releases the GIL, so ``workers`` files are read at once."""
+    markers = [DoneMarker.read(ShardFiles.of(t.out_dir, t.index).done) for t in tasks]
+    for task, marker in zip(tasks, markers):
+        if marker is not None:
+            _check_same_inputs(task, marker, labels_path)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        verdicts = list(pool.map(shard_verdict, tasks, markers))
+    resume = _Resume([], [], 0, set())
+    for task, marker, (verdict, retry) in zip(tasks, markers, verdicts):
+        if verdict is Verdict.KEEP:
+            resume.kept.extend(marker.rows)
         else:
-            ordered.extend(kept)
-    total = sum(len(t.videos) for t in todo)
-    log.info("%d videos in %d shards: %d shards already done, converting %d videos in %d shards "
-             "with %d worker(s) (%s)", len(entries) - len(pre_failed), len(tasks),
-             len(tasks) - len(todo), total, len(todo), workers, backend)
-    start = time.perf_counter()
+            resume.todo.append(task)
+        resume.damaged += verdict is Verdict.DAMAGED
+        resume.retried.update(retry)
+    if resume.retried:
+        log.info("retrying %d failed video(s) whose source changed, in %d shard(s)",
+                 len(resume.retried), sum(v is Verdict.RETRY for v, _ in verdicts))
+    return resume
+
+
+def _check_same_inputs(task: ShardTask, marker: DoneMarker, labels_path: Path) -> None:
+    """Refuse to resume an output converted with other settings or another label file: kept
+    shards would disagree with new ones (class indices, frame sizes) without any error."""
+    if marker.settings != task.settings:
+        raise ValueError(f"{task.out_dir} holds shards converted with other settings "
+                         f"({marker.settings.to_dict()} vs {task.settings.to_dict()}); use another "
+                         f"--out or remove it")
+    if marker.labels_sha256 != task.labels_sha256:
+        raise ValueError(f"{task.out_dir} was converted with another label file than {labels_path} "
+                         f"(sha256 {marker.labels_sha256[:12]}… vs {task.labels_sha256[:12]}…): use "
+                         f"the original label file or a new --out")
+
+
+def _run(todo: list[ShardTask], workers: int, backend: str, total: int, start: float) -> ShardRows:
+    """Convert the shards in parallel joblib tasks; their rows as they finish. When one fails,
+    joblib stops the others mid-shard: with a local backend their partial files are removed here."""
+    rows: ShardRows = []
+    if not todo:
+        return rows
     progress = _Progress(total, start)
-    if todo:
+    try:
         with joblib.parallel_config(backend=backend, n_jobs=workers):
             results = joblib.Parallel(return_as="generator_unordered")(
                 joblib.delayed(convert_shard)(t) for t in todo)
             for shard_rows in results:
-                ordered.extend(shard_rows)
+                rows.extend(shard_rows)
                 progress.update(len(shard_rows))
-    seconds = time.perf_counter() - start
-    rows = [row for _, row in sorted(ordered, key=lambda pair: pair[0])]
-    write_manifest(rows, out_dir, settings, csv=str(csv_path), labels=str(labels_path))
-    real, apparent = _disk_bytes(out_dir, tasks)
-    return ConvertResult(rows, len(tasks) - len(todo), len(todo), total, seconds, real, apparent)
+    except BaseException:
+        if backend in LOCAL_BACKENDS:
+            for t in todo:
+                if not ShardFiles.of(t.out_dir, t.index).done.is_file():
+                    clear_shard(t.out_dir, t.index)
+        raise
+    return rows
+
+
+def _write_manifest(rows: list[ManifestRow], out_dir: Path, settings: Settings,
+                    tasks: list[ShardTask], **meta: str) -> None:
+    """The manifest with every shard's digests from its marker; a full disk is NoSpaceError."""
+    digests: dict[str, FileDigest] = {}
+    for t in tasks:
+        digests.update(DoneMarker.read(ShardFiles.of(out_dir, t.index).done).files)
+    try:
+        write_manifest(rows, out_dir, settings, digests, **meta)
+    except (OSError, RuntimeError) as exc:
+        full = no_space_error(exc, out_dir / MANIFEST_NAME, settings.page_size)
+        if full is None:
+            raise
+        raise full from exc
 
 
 class _Progress:
@@ -136,8 +224,10 @@ def summary_lines(result: ConvertResult) -> list[str]:
         f"{result.apparent_bytes / 1e6:.2f} MB apparent (sparse MindRecord pages)",
         f"bytes/video {jpeg / max(len(ok), 1):.0f}; bytes/frame {jpeg / max(frames, 1):.0f}; "
         f"frames/video {frames / max(len(ok), 1):.1f}",
-        f"shards: {result.shards_done} converted, {result.shards_kept} kept from an earlier run; "
+        f"shards: {result.shards_done} converted, {result.shards_kept} kept from an earlier run "
+        f"({result.shards_damaged} found damaged and redone); "
         f"{result.videos_converted} videos in {result.seconds:.1f} s = {rate:.1f} videos/s",
+        f"retried {result.retried} video(s) whose source changed, {result.retried_ok} now ok",
     ]
     return lines
 

@@ -2,8 +2,9 @@
 failure reasons, the conversion settings as stored, and the files each shard owns.
 
     records/<name>/<split>/shard-NNNNN.mindrecord (+ .db)   the samples (datatools.schema)
-    records/<name>/<split>/shard-NNNNN.done.json            the shard's rows and settings: done
+    records/<name>/<split>/shard-NNNNN.done.json            DoneMarker: the shard is done
     records/<name>/<split>/manifest.parquet                 one ManifestRow per CSV entry
+    records/<name>/<split>/.convert.lock                    held by the converter writing the split
 
 Every column name is written here and nowhere else: the converter, the inspector and the
 trainer go through ``ManifestRow``, ``ShardFiles``, ``Settings`` and the readers below. The
@@ -11,6 +12,7 @@ trainer may import this module (docs/design.md §1).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -24,17 +26,21 @@ import pyarrow.parquet as pq
 from datatools.schema import SCHEMA_VERSION, SchemaVersionError
 
 __all__ = [
-    "MANIFEST_NAME", "STATUS_OK", "STATUS_FAILED", "NO_SHARD", "Reason", "reason_kind",
-    "ManifestRow", "MANIFEST_SCHEMA", "Settings", "ShardFiles", "shard_index", "write_manifest",
-    "read_manifest", "read_rows", "read_settings", "ok_shard_paths", "source_sizes",
+    "MANIFEST_NAME", "LOCK_NAME", "STATUS_OK", "STATUS_FAILED", "NO_SHARD", "Reason", "reason_kind",
+    "ManifestRow", "MANIFEST_SCHEMA", "Settings", "ShardFiles", "FileDigest", "SourceStamp",
+    "source_stamp", "DoneMarker", "shard_index", "write_manifest", "read_manifest", "read_rows",
+    "read_settings", "read_digests", "ok_shard_paths", "source_sizes",
 ]
 
 MANIFEST_NAME = "manifest.parquet"
+LOCK_NAME = ".convert.lock"         # datatools.lock: one converter per split folder
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 NO_SHARD = -1                       # the shard of rows that fail before any worker sees them
 META_SCHEMA_VERSION = b"stnet_records.schema_version"
 META_SETTINGS = b"stnet_records.settings"      # JSON of the conversion settings (+ csv, labels)
+META_SHARDS = b"stnet_records.shards"          # JSON {file name: FileDigest} of every shard file
+HASH_BLOCK = 1 << 20                            # bytes read at a time when hashing a file
 
 MB = 1 << 20
 MIN_PAGE, MAX_PAGE = 1 << 15, 1 << 28          # MindRecord's limits; sizes must be powers of two
@@ -57,6 +63,11 @@ class Reason:
     TOO_LARGE = "too large"
     UNKNOWN_LABEL = "unknown label"
     DUPLICATE_ID = "duplicate video_id"
+    # Failures a new copy of the source can cure (a finished download, a re-download; a cut-off
+    # index reads as no video stream): a re-run retries them once their source file changed.
+    # Unknown labels and duplicate ids come from the CSV and labels.txt, which a resume keeps;
+    # rotation and size come from how the video was shot.
+    RETRYABLE = frozenset({MISSING, EMPTY, CANNOT_OPEN, NO_VIDEO_STREAM, NO_FRAMES, TRUNCATED})
 
     @staticmethod
     def text(kind: str, detail: str = "") -> str:
@@ -95,6 +106,10 @@ class ManifestRow:
     @property
     def reason_kind(self) -> str:
         return reason_kind(self.reason)
+
+    @property
+    def retryable(self) -> bool:
+        return not self.ok and self.reason_kind in Reason.RETRYABLE
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,6 +185,81 @@ class ShardFiles:
         return (self.record, self.db, self.spool, self.done, self.done_tmp)
 
 
+@dataclass(frozen=True)
+class FileDigest:
+    """Size and sha256 of a file as it was written and verified: what a kept shard must still be."""
+
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str | Path) -> "FileDigest":
+        """Hash the file in HASH_BLOCK reads (shards are far larger than memory should hold)."""
+        digest, size = hashlib.sha256(), 0
+        with open(path, "rb") as f:
+            while block := f.read(HASH_BLOCK):
+                digest.update(block)
+                size += len(block)
+        return cls(size, digest.hexdigest())
+
+
+SourceStamp = tuple[str, int, int]      # (path, size, mtime_ns) of a source; -1, -1 if not a file
+
+
+def source_stamp(path: str) -> SourceStamp:
+    """The version of a source file: a finished or repeated download changes size or mtime."""
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        st = None
+    return (path, st.st_size, st.st_mtime_ns) if st else (path, -1, -1)
+
+
+ORDER = "order"     # a marker row's CSV position, stored beside its manifest columns
+
+
+@dataclass(frozen=True)
+class DoneMarker:
+    """``shard-NNNNN.done.json``, written last: the shard is done, for these inputs, as these files.
+
+    ``files`` holds the digests of the record and its .db as verified (none when no video is ok),
+    so a re-run can tell a kept shard from a damaged one; ``sources`` holds the stamp of each
+    retryable failure's source when it failed, so a re-run retries exactly the videos whose file
+    changed since. A resume must match ``settings`` and ``labels_sha256`` (the label file's content).
+    """
+
+    settings: Settings
+    labels_sha256: str
+    rows: tuple[tuple[int, ManifestRow], ...]           # (CSV order, row) of the shard's videos
+    files: dict[str, FileDigest]            # by file name
+    sources: dict[str, SourceStamp]         # by video_id
+
+    def write(self, files: ShardFiles) -> None:
+        """Atomically create the marker: temp file, fsync, rename."""
+        content = {"settings": self.settings.to_dict(), "labels_sha256": self.labels_sha256,
+                   "rows": [{ORDER: order, **row.to_dict()} for order, row in self.rows],
+                   "files": {name: asdict(d) for name, d in self.files.items()},
+                   "sources": self.sources}
+        with open(files.done_tmp, "w") as f:
+            json.dump(content, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(files.done_tmp, files.done)
+
+    @classmethod
+    def read(cls, path: str | Path) -> "DoneMarker | None":
+        """The marker at ``path``; None if there is none or it is not one of this format (an
+        older converter's or a damaged one), which makes its shard be redone."""
+        try:
+            stored = json.loads(Path(path).read_text())
+            return cls(Settings.from_dict(stored["settings"]), stored["labels_sha256"],
+                       tuple((row.pop(ORDER), ManifestRow(**row)) for row in stored["rows"]),
+                       {name: FileDigest(**d) for name, d in stored["files"].items()},
+                       {vid: tuple(stamp) for vid, stamp in stored["sources"].items()})
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
 def shard_index(path: str | Path) -> int | None:
     """The index of a ``shard-NNNNN.mindrecord`` file, None for any other name."""
     name = Path(path).name
@@ -180,17 +270,23 @@ def shard_index(path: str | Path) -> int | None:
 
 
 def write_manifest(rows: Iterable[ManifestRow], out_dir: str | Path, settings: Settings,
-                   **extra_meta: str) -> Path:
-    """manifest.parquet with the schema version and settings in its metadata (atomic replace)."""
+                   digests: dict[str, FileDigest], **extra_meta: str) -> Path:
+    """manifest.parquet with the schema version, settings and shard file digests in its metadata
+    (atomic replace; no temporary file is left if the write fails)."""
     rows = list(rows)
     columns = {f.name: [getattr(r, f.name) for r in rows] for f in MANIFEST_SCHEMA}
     meta = {**settings.to_dict(), **extra_meta}
+    shards = {name: asdict(d) for name, d in sorted(digests.items())}
     table = pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA).replace_schema_metadata({
-        META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(), META_SETTINGS: json.dumps(meta).encode()})
+        META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(), META_SETTINGS: json.dumps(meta).encode(),
+        META_SHARDS: json.dumps(shards).encode()})
     path = Path(out_dir) / MANIFEST_NAME
     tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -215,6 +311,12 @@ def read_settings(table: pa.Table) -> Settings | None:
     """The conversion settings stored with a manifest (None for a manifest without them)."""
     stored = json.loads((table.schema.metadata or {}).get(META_SETTINGS, b"{}"))
     return Settings.from_dict(stored) if "short_side" in stored else None
+
+
+def read_digests(table: pa.Table) -> dict[str, FileDigest]:
+    """Digests of the shard files by file name, as the converter verified them ({} if none stored)."""
+    stored = json.loads((table.schema.metadata or {}).get(META_SHARDS, b"{}"))
+    return {name: FileDigest(**d) for name, d in stored.items()}
 
 
 def ok_shard_paths(split_dir: str | Path) -> list[str]:

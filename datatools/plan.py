@@ -36,12 +36,14 @@ class VideoTask:
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Everything one worker needs to own shard ``index`` end to end (no frame data)."""
+    """Everything one worker needs to own shard ``index`` end to end (no frame data);
+    ``labels_sha256`` (of the label file the labels come from) goes into its done marker."""
 
     index: int
     out_dir: str
     videos: tuple[VideoTask, ...]
     settings: Settings
+    labels_sha256: str
     decode_threads: int = 0
 
 
@@ -64,7 +66,7 @@ def assign_shards(labels: Sequence[int], videos_per_shard: int, seed: int) -> li
 
 
 def plan_shards(entries: list[CsvEntry], class_index: dict[str, int], videos_root: str | Path,
-                out_dir: str | Path, settings: Settings,
+                out_dir: str | Path, settings: Settings, labels_sha256: str,
                 decode_threads: int = 0) -> tuple[list[ShardTask], list[tuple[int, ManifestRow]]]:
     """Shard tasks plus the (CSV order, row) of entries that fail before any decoding.
 
@@ -89,6 +91,6 @@ def plan_shards(entries: list[CsvEntry], class_index: dict[str, int], videos_roo
     per_shard: dict[int, list[VideoTask]] = {}
     for v, shard in zip(assignable, shard_of):
         per_shard.setdefault(shard, []).append(v)
-    tasks = [ShardTask(i, str(out_dir), tuple(videos), settings, decode_threads)
+    tasks = [ShardTask(i, str(out_dir), tuple(videos), settings, labels_sha256, decode_threads)
              for i, videos in sorted(per_shard.items())]
     return tasks, pre_failed

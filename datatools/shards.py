@@ -1,37 +1,59 @@
-"""One shard, end to end in one worker: encode its videos, write, verify, mark done.
+"""One shard, end to end in one worker: encode its videos, write, verify, digest, mark done.
 
 A shard is *done* only when its MindRecord file is committed, read back and matched against what
-was written (MindRecord drops bad rows with only a warning), and its marker
-``shard-NNNNN.done.json`` (the shard's manifest rows and the settings) has been atomically put
-beside it. Anything of a shard without a marker is partial and is removed before the shard is redone.
+was written (ids, labels, each sample's checksum: MindRecord drops bad rows with only a warning),
+and its ``DoneMarker`` (rows, settings, label file digest, the sha256 of its files) has been
+atomically put beside it. Anything of a shard without a marker is partial: the worker removes it
+when the shard fails, and a re-run removes it before redoing the shard.
 """
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import math
 import os
-from collections import Counter
+import shutil
+import traceback
+from enum import Enum, auto
 from pathlib import Path
 
-from mindspore.mindrecord import FileReader, FileWriter
+from mindspore.mindrecord import FileWriter
 
 from datatools import schema
-from datatools.manifest import LARGER_PAGE, STATUS_OK, ManifestRow, Reason, Settings, ShardFiles
+from datatools.manifest import (LARGER_PAGE, STATUS_OK, DoneMarker, FileDigest, ManifestRow, Reason,
+                                Settings, ShardFiles, source_stamp)
 from datatools.plan import ShardTask, VideoTask
+from datatools.verify import check_samples
 from datatools.video import EncodedVideo, VideoError, encode_video
 
-__all__ = ["ShardRows", "header_size", "sample_bytes", "convert_shard", "finished_rows",
-           "clear_shard", "read_shard_ids"]
+__all__ = ["ShardRows", "NoSpaceError", "Verdict", "header_size", "sample_bytes", "convert_shard",
+           "no_space_error", "shard_verdict", "clear_shard"]
 
 log = logging.getLogger(__name__)
 
 MIN_HEADER, MAX_HEADER = 1 << 14, 1 << 27
 HEADER_BYTES_PER_PAGE = 512                     # page metadata in the header, generous
 SAMPLE_OVERHEAD = 1024                          # per-sample bytes besides frames and offsets
-ORDER = "order"                                 # a marker row's CSV position, beside its columns
+RESUMES = "the run resumes where it stopped"
+# MindRecord's writer refuses to write while the disk has less than 10 MiB free ("No free disk to be
+# used while writing mindrecord files, available free disk size: 9", in whole MiB).
+MINDRECORD_MIN_FREE = 10 << 20
 
 ShardRows = list[tuple[int, ManifestRow]]       # (CSV order, row) of a shard's videos
+
+
+class NoSpaceError(OSError):
+    """The output filesystem (or this process's file size limit) is full; finished shards are
+    kept, so the same command resumes once there is room."""
+
+
+class Verdict(Enum):
+    """What a re-run does with a planned shard."""
+
+    KEEP = auto()
+    NEW = auto()            # no usable marker, or a marker for other videos: (re)done
+    DAMAGED = auto()        # a file is missing or not the one verified: redone
+    RETRY = auto()          # a retryable failure's source changed: redone
 
 
 def _ok_row(task: VideoTask, shard: int, video: EncodedVideo) -> ManifestRow:
@@ -47,23 +69,46 @@ def clear_shard(out_dir: str | Path, index: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def finished_rows(task: ShardTask) -> ShardRows | None:
-    """The shard's rows if its marker says it is done for exactly these videos and settings
-    and its record file is present; None if it must be (re)done."""
+def shard_verdict(task: ShardTask, marker: DoneMarker | None) -> tuple[Verdict, list[str]]:
+    """Keep, do or redo a planned shard, and the ids of the videos a redo retries.
+
+    A kept shard is checked against its marker: sizes, then the sha256 of its files. That reads
+    each kept shard once, sequentially (~1 GB/s here), a few percent of converting it again
+    (decoding and JPEG-encoding every frame of its videos: tens of seconds for 64 videos), and it
+    is what tells a shard from one changed on disk since. A shard is retried when a video failed
+    for a reason that can change (``Reason.RETRYABLE``) and its source file changed since
+    (another size or mtime, or a file where there was none); unchanged failures are not retried,
+    so a re-run over a split with a few broken downloads redoes nothing.
+    """
+    if marker is None or [row.video_id for _, row in marker.rows] != [v.video_id for v in task.videos]:
+        return Verdict.NEW, []
+    damaged = _damaged_file(task, marker)
+    if damaged is not None:
+        log.warning("%s is missing or differs from the file verified when it was converted: "
+                    "redoing shard %d", damaged, task.index)
+        return Verdict.DAMAGED, []
+    retry = _changed_sources(task, marker)
+    return (Verdict.RETRY if retry else Verdict.KEEP), retry
+
+
+def _damaged_file(task: ShardTask, marker: DoneMarker) -> Path | None:
+    """The first of the shard's files that is missing or not the one its marker describes."""
+    if not any(row.ok for _, row in marker.rows):
+        return None                         # no video stored, no record file
     files = ShardFiles.of(task.out_dir, task.index)
-    if not files.done.is_file():
-        return None
-    done = json.loads(files.done.read_text())
-    if done["settings"] != task.settings.to_dict():
-        raise ValueError(f"{task.out_dir} holds shards converted with other settings "
-                         f"({done['settings']} vs {task.settings.to_dict()}); use another --out "
-                         f"or remove it")
-    rows = [(stored.pop(ORDER), ManifestRow(**stored)) for stored in done["rows"]]
-    if [row.video_id for _, row in rows] != [v.video_id for v in task.videos]:
-        return None
-    if any(row.ok for _, row in rows) and not (files.record.is_file() and files.db.is_file()):
-        return None
-    return rows
+    for path in (files.record, files.db):
+        digest = marker.files.get(path.name)
+        if digest is None or not path.is_file() or path.stat().st_size != digest.size \
+                or FileDigest.of(path) != digest:
+            return path
+    return None
+
+
+def _changed_sources(task: ShardTask, marker: DoneMarker) -> list[str]:
+    """Ids of the shard's retryable failures whose source file changed since they failed."""
+    planned = {v.video_id: v.source for v in task.videos}
+    return [row.video_id for _, row in marker.rows
+            if row.retryable and marker.sources.get(row.video_id) != source_stamp(planned[row.video_id])]
 
 
 def header_size(page_size: int, videos_per_shard: int) -> int:
@@ -77,39 +122,60 @@ def sample_bytes(num_frames: int, frame_bytes: int) -> int:
     return frame_bytes + 8 * (num_frames + 1) + SAMPLE_OVERHEAD
 
 
-def read_shard_ids(path: str | Path) -> list[str]:
-    """Video ids in a MindRecord shard, checking each sample's frames against its offsets."""
-    reader = FileReader(str(path), num_consumer=1,
-                        columns=[schema.VIDEO_ID, schema.NUM_FRAMES, schema.OFFSETS, schema.FRAMES])
-    ids = []
-    try:
-        for item in reader.get_next():
-            offsets = item[schema.OFFSETS]
-            if len(offsets) != int(item[schema.NUM_FRAMES]) + 1 or \
-                    len(item[schema.FRAMES]) != int(offsets[-1]):
-                raise OSError(f"{path}: sample {item[schema.VIDEO_ID]} has inconsistent frames/offsets")
-            ids.append(str(item[schema.VIDEO_ID]))
-    finally:
-        reader.close()
-    return ids
-
-
 def convert_shard(task: ShardTask) -> ShardRows:
     """Convert the shard's videos, write and verify its MindRecord file, then mark it done.
 
-    Returns the shard's rows. Runs in a joblib worker: pure inputs, all output on disk.
+    Returns the shard's rows. Runs in a joblib worker: pure inputs, all output on disk. Whatever
+    stops it removes the shard's files; a full disk is raised as NoSpaceError.
     """
-    clear_shard(task.out_dir, task.index)
     files = ShardFiles.of(task.out_dir, task.index)
+    clear_shard(task.out_dir, task.index)
+    try:
+        return _convert(task, files)
+    except BaseException as exc:
+        # MindRecord closes a file only when its writer is freed: drop the failed frames' locals,
+        # or the removed file would keep its disk space for as long as the traceback lives.
+        traceback.clear_frames(exc.__traceback__)
+        full = no_space_error(exc, files.record, task.settings.page_size)   # before freeing any
+        clear_shard(task.out_dir, task.index)
+        if full is not None:
+            raise full from exc
+        raise
+
+
+def no_space_error(exc: BaseException, path: Path, page_size: int) -> NoSpaceError | None:
+    """The one-line NoSpaceError naming ``path`` if ``exc`` comes from a full disk, else None.
+
+    MindRecord's writer reports a full disk as a RuntimeError without errno ("No free disk...",
+    "Failed to write file", SQLite's "database or disk is full"): for errors without errno the
+    free space decides. MindRecord refuses to write below MINDRECORD_MIN_FREE, and a write batch
+    needs up to two pages more.
+    """
+    code = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and code == errno.EFBIG:
+        return NoSpaceError(f"file too large for this process or filesystem writing {path}: raise "
+                            f"the file size limit (ulimit -f) or use another --out; {RESUMES}")
+    full = code in (errno.ENOSPC, errno.EDQUOT) or (
+        code is None and isinstance(exc, (OSError, RuntimeError))
+        and shutil.disk_usage(path.parent).free < MINDRECORD_MIN_FREE + 2 * page_size)
+    return NoSpaceError(f"no space left on device writing {path}: free space or use another --out; "
+                        f"{RESUMES}") if full else None
+
+
+def _convert(task: ShardTask, files: ShardFiles) -> ShardRows:
+    """convert_shard's work: spool the encoded frames, write the record, mark the shard done."""
     s = task.settings
-    rows, spooled = [], []     # spooled: (sample without frames, spool offset, frame bytes)
+    rows, spooled, sources = [], [], {}   # spooled: (sample without frames, spool offset, frame bytes)
     with open(files.spool, "wb") as spool:
         for v in task.videos:
+            stamp = source_stamp(v.source)          # before decoding: a later change is a change
             try:
                 video = encode_video(v.source, s.short_side, s.quality, s.max_fps, task.decode_threads,
                                      max_bytes=s.page_size, chroma=s.chroma_subsampling)
             except VideoError as exc:
                 rows.append((v.order, v.row(task.index, str(exc))))
+                if rows[-1][1].retryable:
+                    sources[v.video_id] = stamp
                 continue
             blob, offsets = schema.pack_frames(video.jpegs)
             size = sample_bytes(len(video.jpegs), len(blob))
@@ -125,22 +191,36 @@ def convert_shard(task: ShardTask) -> ShardRows:
                             spool.tell(), len(blob)))
             spool.write(blob)
             rows.append((v.order, _ok_row(v, task.index, video)))
-    if spooled:
-        _write_record(files, spooled, s)
+    digests = _write_record(files, spooled, s) if spooled else {}
     files.spool.unlink()
-    _write_marker(files, {"settings": s.to_dict(),
-                          "rows": [{ORDER: order, **row.to_dict()} for order, row in rows]})
+    DoneMarker(s, task.labels_sha256, tuple(rows), digests, sources).write(files)
     return rows
 
 
-def _write_record(files: ShardFiles, spooled: list[tuple[dict, int, int]], s: Settings) -> None:
-    """Write the spooled samples into one MindRecord file, commit, read back and compare."""
-    page = s.page_size
+def _write_record(files: ShardFiles, spooled: list[tuple[dict, int, int]],
+                  s: Settings) -> dict[str, FileDigest]:
+    """Write the spooled samples into one MindRecord file, commit, read back and compare; the
+    digests of the record and its .db as verified."""
     writer = FileWriter(str(files.record), shard_num=1, overwrite=False)
-    writer.set_page_size(page)
-    writer.set_header_size(header_size(page, s.videos_per_shard))
+    writer.set_page_size(s.page_size)
+    writer.set_header_size(header_size(s.page_size, s.videos_per_shard))
     writer.add_schema(schema.RECORD_SCHEMA, "stnet video clips")
-    with open(files.spool, "rb") as spool:
+    _write_samples(writer, files.spool, spooled, s.page_size)
+    writer.commit()
+    written = {sample[schema.VIDEO_ID]: sample[schema.LABEL] for sample, _, _ in spooled}
+    found, problems = check_samples(files.record, written)
+    if sorted(found) != sorted(written) or problems:
+        missing = sorted(set(written) - set(found))[:3]
+        raise OSError(f"{files.record}: verification failed: wrote {len(written)} videos, read back "
+                      f"{len(found)} (missing e.g. {missing}; {len(problems)} damaged, e.g. "
+                      f"{problems[:1]})")
+    return _synced_digests(files)
+
+
+def _write_samples(writer: FileWriter, spool_path: Path, spooled: list[tuple[dict, int, int]],
+                   page: int) -> None:
+    """Add the spooled samples with their frames, about a page of frames per write call."""
+    with open(spool_path, "rb") as spool:
         batch, batch_bytes = [], 0
         for sample, offset, n in spooled:
             spool.seek(offset)
@@ -151,23 +231,13 @@ def _write_record(files: ShardFiles, spooled: list[tuple[dict, int, int]], s: Se
                 batch, batch_bytes = [], 0
         if batch:
             writer.write_raw_data(batch)
-    writer.commit()
-    written = [sample[schema.VIDEO_ID] for sample, _, _ in spooled]
-    found = read_shard_ids(files.record)
-    if Counter(found) != Counter(written):
-        missing = sorted(set(written) - set(found))[:3]
-        raise OSError(f"{files.record}: verification failed: wrote {len(written)} videos, "
-                      f"read back {len(found)} (missing e.g. {missing})")
 
 
-def _write_marker(files: ShardFiles, content: dict) -> None:
-    """Flush the record to disk, then atomically create the done marker (temp file + rename)."""
+def _synced_digests(files: ShardFiles) -> dict[str, FileDigest]:
+    """Flush the record and its .db to disk, then digest them as they will be kept."""
+    digests = {}
     for path in (files.record, files.db):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    with open(files.done_tmp, "w") as f:
-        json.dump(content, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(files.done_tmp, files.done)
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        digests[path.name] = FileDigest.of(path)
+    return digests

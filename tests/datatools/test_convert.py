@@ -1,6 +1,7 @@
 """datatools.convert end to end on real files: bad inputs, read-back with MindDataset, CLI errors."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -12,8 +13,9 @@ import simplejpeg
 
 from datatools import schema
 from datatools.convert import convert, summary_lines
-from datatools.manifest import (STATUS_FAILED, STATUS_OK, Settings, ok_shard_paths, read_manifest,
-                                read_rows, read_settings)
+from datatools.manifest import (LOCK_NAME, STATUS_FAILED, STATUS_OK, FileDigest, Settings, ShardFiles,
+                                ok_shard_paths, read_digests, read_manifest, read_rows, read_settings,
+                                reason_kind, shard_index)
 from tests.datatools import bad_videos
 
 SETTINGS = Settings(short_side=32, quality=85, max_fps=None, videos_per_shard=3, seed=0)
@@ -66,8 +68,16 @@ def test_every_bad_input_is_a_failed_row_with_a_reason(bad_run):
     assert reasons["good1#2"] == "duplicate video_id: first at CSV line 2"
     assert len(reasons) == 9 and all("\n" not in r for r in reasons.values())
     assert {r.shard for r in rows if r.reason.startswith(("unknown", "duplicate"))} == {-1}
-    summary = "\n".join(summary_lines(result))
-    assert "ok" in summary and "missing file" in summary and "unknown label" in summary
+    kinds = Counter(["missing file", "empty file", "cannot open", "truncated", "no video stream",
+                     "no frames decoded", "unknown label", "duplicate video_id",
+                     reason_kind(reasons["truncmoov"])])
+    assert _table(summary_lines(result)) == {("ok", ""): 3, **{("failed", k): n for k, n in kinds.items()}}
+
+
+def _table(lines: list[str]) -> dict[tuple[str, str], int]:
+    """The summary's status/reason/videos table as {(status, reason kind): videos}."""
+    rows = [re.fullmatch(r"(ok|failed)\s+(.*?)\s*(\d+)", line) for line in lines]
+    return {(m[1], m[2]): int(m[3]) for m in rows if m}
 
 
 def test_ok_rows_are_read_back_by_minddataset(bad_run):
@@ -89,9 +99,13 @@ def test_ok_rows_are_read_back_by_minddataset(bad_run):
             assert frame.shape == (32, 43, 3) and frame.dtype == np.uint8
 
 
-def test_manifest_metadata_holds_version_and_settings(bad_run):
+def test_manifest_metadata_holds_version_settings_and_shard_digests(bad_run):
     base, _ = bad_run
-    assert read_settings(read_manifest(base / "out")) == SETTINGS
+    table = read_manifest(base / "out")
+    assert read_settings(table) == SETTINGS
+    shards = [ShardFiles.of(base / "out", shard_index(p)) for p in ok_shard_paths(base / "out")]
+    assert shards and read_digests(table) == {p.name: FileDigest.of(p)
+                                              for f in shards for p in (f.record, f.db)}
 
 
 def test_rerun_with_other_settings_is_refused(bad_run):
@@ -99,6 +113,7 @@ def test_rerun_with_other_settings_is_refused(bad_run):
     other = Settings(short_side=32, quality=70, max_fps=None, videos_per_shard=3, seed=0)
     with pytest.raises(ValueError, match="other settings"):
         convert(base / "train.csv", base / "videos", base / "labels.txt", base / "out", other)
+    assert not (base / "out" / LOCK_NAME).exists()
 
 
 def _cli(*args) -> subprocess.CompletedProcess:

@@ -3,32 +3,46 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import simplejpeg
+from mindspore.mindrecord import FileReader, FileWriter
 
 from datatools import schema
 from datatools.convert import plan_shards
 from datatools.kinetics import read_csv
-from datatools.manifest import DEFAULT_PAGE, STATUS_OK, read_rows
+from datatools.manifest import MIN_PAGE, STATUS_OK, read_rows
 from datatools.plan import assign_shards
-from datatools.shards import header_size
+from datatools.shards import MIN_HEADER, header_size
 from tests.datatools.test_convert import read_split
 
-
-def test_assignment_is_deterministic_and_depends_on_the_seed():
-    labels = [i % 7 for i in range(200)]
-    first = assign_shards(labels, 16, seed=3)
-    assert first == assign_shards(list(labels), 16, seed=3)
-    assert first != assign_shards(labels, 16, seed=4)
-    assert sorted(Counter(first).values()) == [15] * 8 + [16] * 5   # 13 shards, balanced
+# A skewed class list: one big class, a few mid-sized ones, a singleton, as Kinetics' tail is.
+SKEWED = [0] * 61 + [1] * 23 + [2] * 9 + [3] * 1 + [4] * 17
 
 
-def test_assignment_spreads_every_class_over_the_shards():
-    labels = sorted(i % 5 for i in range(100))          # CSV sorted by class, as Kinetics is
-    shards = assign_shards(labels, 10, seed=0)
-    for shard in range(10):
-        per_class = Counter(l for l, s in zip(labels, shards) if s == shard)
-        assert sorted(per_class.values()) == [2] * 5
+def _mix(labels: list[int], shards: list[int]) -> Counter:
+    """Videos per (shard, class)."""
+    return Counter(zip(shards, labels))
+
+
+def test_every_shard_holds_each_class_within_one_of_its_ideal_share():
+    labels = sorted(SKEWED)                                  # CSV sorted by class, as Kinetics is
+    shards = assign_shards(labels, 8, seed=0)
+    num_shards = max(shards) + 1
+    assert num_shards == -(-len(labels) // 8) == 14
+    mix = _mix(labels, shards)
+    for cls, n in Counter(labels).items():
+        for shard in range(num_shards):
+            assert abs(mix[shard, cls] - n / num_shards) < 1, (shard, cls, mix[shard, cls])
+    sizes = Counter(shards).values()
+    assert max(sizes) - min(sizes) <= 1 and max(sizes) <= 8
+
+
+def test_the_seed_changes_which_videos_but_not_how_many_per_shard_and_class():
+    labels = [SKEWED[i * 37 % len(SKEWED)] for i in range(len(SKEWED))]   # CSV in no class order
+    first, second = assign_shards(labels, 8, seed=3), assign_shards(labels, 8, seed=4)
+    assert first != second
+    assert _mix(labels, first) == _mix(labels, second)
 
 
 def test_assignment_rejects_a_bad_shard_size():
@@ -36,11 +50,37 @@ def test_assignment_rejects_a_bad_shard_size():
         assign_shards([0, 1], 0, seed=0)
 
 
-@pytest.mark.parametrize("videos_per_shard", [1, 64, 5000])
-def test_header_holds_a_page_per_video(videos_per_shard):
-    header = header_size(DEFAULT_PAGE, videos_per_shard)
-    assert header & (header - 1) == 0 and 1 << 14 <= header <= 1 << 27
-    assert header >= min((videos_per_shard + 2) * 512, 1 << 27)
+def _write_one_page_videos(path, count: int, header: int) -> list[str]:
+    """``count`` samples that each fill a page of the smallest size: the most pages a shard of
+    ``count`` videos can take."""
+    writer = FileWriter(str(path), shard_num=1, overwrite=True)
+    writer.set_page_size(MIN_PAGE)
+    writer.set_header_size(header)
+    writer.add_schema(schema.RECORD_SCHEMA, "one page per video")
+    rng, samples = np.random.default_rng(0), []
+    for i in range(count):
+        blob = rng.bytes(MIN_PAGE // 2 + 1)
+        offsets = np.array([0, len(blob)], np.int64)
+        samples.append({schema.VIDEO_ID: f"v{i}", schema.LABEL: 0, schema.NUM_FRAMES: 1,
+                        schema.HEIGHT: 1, schema.WIDTH: 1, schema.OFFSETS: offsets, schema.FRAMES: blob,
+                        schema.CHECKSUM: schema.sample_checksum(f"v{i}", 0, offsets, blob)})
+    writer.write_raw_data(samples)
+    writer.commit()
+    return [s[schema.VIDEO_ID] for s in samples]
+
+
+def test_header_size_holds_a_page_per_video_where_the_minimum_header_does_not(tmp_path):
+    count = 300    # enough pages that the header outgrows MIN_HEADER
+    header = header_size(MIN_PAGE, count)
+    written = _write_one_page_videos(tmp_path / "big.mindrecord", count, header)
+    reader = FileReader(str(tmp_path / "big.mindrecord"), num_consumer=1, columns=[schema.VIDEO_ID])
+    try:
+        assert sorted(str(item[schema.VIDEO_ID]) for item in reader.get_next()) == sorted(written)
+    finally:
+        reader.close()
+    assert header > MIN_HEADER
+    with pytest.raises(RuntimeError):
+        _write_one_page_videos(tmp_path / "small.mindrecord", count, MIN_HEADER)
 
 
 def test_tiny_records_match_the_csv_and_stored_sizes(tiny_records):
@@ -59,11 +99,21 @@ def test_tiny_records_match_the_csv_and_stored_sizes(tiny_records):
             assert last.shape == (int(s[schema.HEIGHT]), int(s[schema.WIDTH]), 3) == (64, 85, 3)
 
 
-def test_shard_plan_of_tiny_records_is_reproducible(tiny_records):
-    rows = read_rows(tiny_records.split("train"))
+def test_the_plan_does_not_depend_on_which_videos_exist(tiny_records, tmp_path):
+    """A resumed run must plan the same shards after videos appeared or vanished."""
     names = schema.read_labels(tiny_records.labels)
-    tasks, pre_failed = plan_shards(read_csv(tiny_records.train_csv), {n: i for i, n in enumerate(names)},
-                                    tiny_records.source / "videos", "unused", tiny_records.settings)
-    planned = {v.video_id: t.index for t in tasks for v in t.videos}
-    assert pre_failed == [] and planned == {r.video_id: r.shard for r in rows}
-    assert len(tasks) == 4 and all(len({v.label for v in t.videos}) >= 3 for t in tasks)
+    entries = read_csv(tiny_records.train_csv)
+    videos = tmp_path / "videos"           # the same tree with half the files missing
+    for i, source in enumerate(sorted((tiny_records.source / "videos").rglob("*.mp4"))):
+        if i % 2:
+            target = videos / source.relative_to(tiny_records.source / "videos")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source)
+    plans = [plan_shards(entries, {n: i for i, n in enumerate(names)}, root, "unused",
+                         tiny_records.settings, labels_sha256="")[0]
+             for root in (tiny_records.source / "videos", videos)]
+    assert [[v.video_id for v in t.videos] for t in plans[0]] == \
+        [[v.video_id for v in t.videos] for t in plans[1]]
+    assert sum(not v.source for t in plans[1] for v in t.videos) == len(entries) // 2
+    stored = {r.video_id: r.shard for r in read_rows(tiny_records.split("train"))}
+    assert {v.video_id: t.index for t in plans[1] for v in t.videos} == stored
