@@ -3,9 +3,9 @@ error into one line instead of a traceback.
 
 Every command module has ``build_parser()`` and ``main(args)`` and ends with
 ``sys.exit(run_cli(build_parser(), main))``; an int returned by ``main`` is the exit code
-(anything else, e.g. a result a caller in Python wants, means success). From datatools the
-trainer may import this module, ``datatools.schema`` and ``datatools.manifest``, nothing else
-(docs/design.md §1, tests/test_layering.py). Stdlib only: the 310 package ships it.
+(anything else, e.g. a result a caller in Python wants, means success). The trainer may import
+it (docs/design.md §1 lists what else of datatools, tests/test_layering.py checks it). Stdlib
+only: the 310 package ships it.
 """
 from __future__ import annotations
 

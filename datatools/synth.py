@@ -23,6 +23,7 @@ import av
 import numpy as np
 
 from datatools.cli import parse_size, positive_int, run_cli
+from datatools.progress import Progress
 
 __all__ = ["CLASSES", "SynthSpec", "render_video", "write_mp4", "make_dataset", "main"]
 
@@ -141,6 +142,7 @@ def make_dataset(out: Path, num_classes: int, per_class: int, val_per_class: int
                          f"{spec.width}x{spec.height}")
     out.mkdir(parents=True, exist_ok=True)
     csv_paths = []
+    progress = Progress(num_classes * (per_class + val_per_class), "videos", logger=log, desc="synth")
     for split_index, (split, count) in enumerate((("train", per_class), ("val", val_per_class))):
         rows = []
         for c in range(num_classes):
@@ -150,6 +152,7 @@ def make_dataset(out: Path, num_classes: int, per_class: int, val_per_class: int
                 name = f"{ytid}_{TIME_START:06d}_{TIME_END:06d}.mp4"
                 write_mp4(out / "videos" / CLASSES[c] / name, render_video(c, rng, spec))
                 rows.append((CLASSES[c], ytid, TIME_START, TIME_END, split))
+                progress.update()
         csv_path = out / f"{split}.csv"
         with open(csv_path, "w", newline="") as f:
             writer = csv.writer(f)
@@ -157,6 +160,7 @@ def make_dataset(out: Path, num_classes: int, per_class: int, val_per_class: int
             writer.writerows(rows)
         csv_paths.append(csv_path)
         log.info("%s: %d videos", csv_path, len(rows))
+    progress.close()
     return csv_paths[0], csv_paths[1]
 
 

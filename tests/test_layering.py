@@ -1,12 +1,14 @@
 """The package layering of docs/design.md §1: benchmarks -> trainer -> datatools, and the trainer
-sees only datatools' on-disk contract (schema, manifest) and its command-line entry (cli)."""
+sees only datatools' on-disk contract (schema, manifest), its command-line plumbing (cli,
+progress) and, for trainer.predict, the converter's decode path (video)."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINER_MAY_IMPORT = {"datatools.schema", "datatools.manifest", "datatools.cli"}
+TRAINER_MAY_IMPORT = {"datatools.schema", "datatools.manifest", "datatools.cli", "datatools.progress",
+                      "datatools.video"}
 
 
 def _imports(package: str) -> dict[str, set[str]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from datatools.cli import run_cli, setup_logging
+from datatools.progress import Progress
 from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID
 from trainer.config import Config, config_from_args, config_parser
 from trainer.data import CLIP, MASK, create_dataset
@@ -29,7 +30,6 @@ from trainer.infer310 import DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, clip_
 __all__ = ["preprocess", "main"]
 
 logger = logging.getLogger(__name__)
-LOG_EVERY = 50  # videos between progress lines
 
 
 def _text(value) -> str:
@@ -57,7 +57,9 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
     video_ids: list[str] = []
     clip_shape: list[int] | None = None
     start = time.perf_counter()
+    progress = Progress(dataset.get_dataset_size(), "batches", logger=logger, desc="preprocess")
     for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+        progress.update()
         clips, mask = batch[CLIP], batch[MASK].astype(bool)
         clip_shape = [1, *clips.shape[2:]]
         for row in np.flatnonzero(mask):
@@ -68,8 +70,7 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
                 files.append(name)
             labels.append(int(batch[LABEL][row]))
             video_ids.append(_text(batch[VIDEO_ID][row]))
-            if len(labels) % LOG_EVERY == 0:
-                logger.info("preprocess: %d videos, %d clips", len(labels), len(files))
+    progress.close()
     if not labels:
         raise ValueError(f"split {split!r} of {cfg.data.root} has no videos to preprocess")
     np.save(out_dir / LABELS_FILE, np.asarray(labels, np.int32))
