@@ -1,13 +1,15 @@
-"""Kinetics CSV + video tree -> sharded MindRecord + manifest.parquet, resumable.
+"""Kinetics CSV or video list + video tree -> sharded MindRecord + manifest.parquet, resumable.
 
-Every CSV entry becomes one manifest row, ``ok`` or ``failed`` with a one-line reason; bad videos
-never stop the run. ``datatools.plan`` decides the shards; each joblib task owns one shard end
-to end (``datatools.shards``: decode, encode, write, verify, mark done), so no frame data passes
-through this process, which only runs the tasks and reports. One converter at a time holds the
-output folder (``datatools.lock``). Re-running the same command keeps the shards marked done
-whose files still match their digests, redoes the rest, and retries videos that failed for a
-reason that can change once their source file changed; a resume must use the same settings and
-the same label file. A full disk stops the run with one line; it resumes where it stopped.
+The videos come from a Kinetics CSV (``--csv``) or a labelled list (``--list``: a plain list,
+UCF101 or HMDB51 split files, ``datatools.lists``). Every entry becomes one manifest row, ``ok`` or
+``failed`` with a one-line reason; bad videos never stop the run. ``datatools.plan`` decides the
+shards; each joblib task owns one shard end to end (``datatools.shards``: decode, encode, write,
+verify, mark done), so no frame data passes through this process, which only runs the tasks and
+reports. One converter at a time holds the output folder (``datatools.lock``). Re-running the same
+command keeps the shards marked done whose files still match their digests, redoes the rest, and
+retries videos that failed for a reason that can change once their source file changed; a resume
+must use the same settings and the same label file. A full disk stops the run with one line; it
+resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import joblib
 
 from datatools import schema
 from datatools.cli import non_negative_int, positive_int, run_cli
-from datatools.kinetics import read_csv
+from datatools.lists import LIST_FORMS, read_entries
 from datatools.lock import output_lock
 from datatools.manifest import (CHROMA_420, CHROMA_SUBSAMPLINGS, DEFAULT_PAGE, MANIFEST_NAME, MB, DoneMarker,
                                 FileDigest, ManifestRow, Settings, ShardFiles, write_manifest)
@@ -67,10 +69,11 @@ class _Resume:
     retried: set[str]
 
 
-def convert(csv_path: str | Path, videos_root: str | Path, labels_path: str | Path,
+def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: str | Path,
             out_dir: str | Path, settings: Settings, workers: int = 1, backend: str = "loky",
-            decode_threads: int = 0) -> ConvertResult:
-    """Convert one split; see the module docstring. Raises ValueError/FileNotFoundError for
+            decode_threads: int = 0, video_list: str | None = None) -> ConvertResult:
+    """Convert one split of ``csv_path`` or, with ``csv_path=None``, of ``video_list`` (a
+    ``datatools.lists`` spec); see the module docstring. Raises ValueError/FileNotFoundError for
     unusable inputs before anything is written, OutputLocked while another converter holds
     ``out_dir``, NoSpaceError when the disk fills."""
     settings.check()
@@ -80,9 +83,8 @@ def convert(csv_path: str | Path, videos_root: str | Path, labels_path: str | Pa
         raise FileNotFoundError(f"--labels file not found: {labels_path}")
     names = schema.read_labels(labels_path)
     labels_sha256 = FileDigest.of(labels_path).sha256
-    entries = read_csv(csv_path)
-    if not entries:
-        raise ValueError(f"{csv_path}: no rows to convert")
+    entries = read_entries(csv_path, video_list)
+    source = {"list": video_list} if video_list is not None else {"csv": str(csv_path)}
     out_dir = Path(out_dir)
     tasks, pre_failed = plan_shards(entries, {n: i for i, n in enumerate(names)}, videos_root,
                                     out_dir, settings, labels_sha256, decode_threads)
@@ -96,7 +98,7 @@ def convert(csv_path: str | Path, videos_root: str | Path, labels_path: str | Pa
         ordered = pre_failed + resume.kept + _run(resume.todo, workers, backend, total, start)
         seconds = time.perf_counter() - start
         rows = [row for _, row in sorted(ordered, key=lambda pair: pair[0])]
-        _write_manifest(rows, out_dir, settings, tasks, csv=str(csv_path), labels=str(labels_path),
+        _write_manifest(rows, out_dir, settings, tasks, **source, labels=str(labels_path),
                         labels_sha256=labels_sha256)
     real, apparent = _disk_bytes(out_dir, tasks)
     retried_ok = sum(r.ok for r in rows if r.video_id in resume.retried)
@@ -234,8 +236,11 @@ def summary_lines(result: ConvertResult) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datatools.convert", description=__doc__.split("\n")[0])
-    p.add_argument("--csv", required=True, type=Path, help="Kinetics CSV of the split")
-    p.add_argument("--videos", required=True, type=Path, help="video root (<root>/<label>/<id>.mp4)")
+    entries = p.add_mutually_exclusive_group(required=True)
+    entries.add_argument("--csv", type=Path, help="Kinetics CSV of the split")
+    entries.add_argument("--list", help=f"labelled video list of the split: {LIST_FORMS}")
+    p.add_argument("--videos", required=True, type=Path,
+                   help="video root (<root>/<label>/<id>.mp4; the root of a list's paths)")
     p.add_argument("--labels", required=True, type=Path, help="labels.txt from datatools.labels")
     p.add_argument("--out", required=True, type=Path, help="output folder of the split")
     p.add_argument("--short-side", type=int, default=256,
@@ -266,7 +271,7 @@ def main(args: argparse.Namespace) -> int:
                         videos_per_shard=args.videos_per_shard, seed=args.seed,
                         chroma_subsampling=args.chroma, page_size=int(args.page_mb * MB))
     result = convert(args.csv, args.videos, args.labels, args.out, settings, workers=args.workers,
-                     backend=args.backend, decode_threads=args.decode_threads)
+                     backend=args.backend, decode_threads=args.decode_threads, video_list=args.list)
     print("\n".join(summary_lines(result)))
     return 0
 

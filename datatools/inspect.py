@@ -24,11 +24,12 @@ from mindspore.mindrecord import FileReader
 
 from datatools import schema
 from datatools.cli import positive_int, run_cli
-from datatools.manifest import (FileDigest, ManifestRow, ShardFiles, ok_shard_paths, read_digests,
+from datatools.manifest import (FileDigest, ManifestRow, ShardFiles, read_digests,
                                 read_manifest, read_rows, shard_index)
 from datatools.verify import ShardCheck, ShardJob, check_shards
 
-__all__ = ["SplitReport", "inspect_split", "report_lines", "contact_sheet", "main"]
+__all__ = ["SplitReport", "inspect_split", "report_lines", "contact_sheet", "pick_videos", "row_label",
+           "main"]
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ def report_lines(report: SplitReport) -> list[str]:
 
 def contact_sheet(split_dir: str | Path, out_png: str | Path, num_videos: int = 6,
                   num_frames: int = 8, skip: Collection[str] = ()) -> Path:
-    """A PNG grid: one row per video (one per class first, in shard order, then repeats),
-    ``num_frames`` frames spread evenly over each, titled with video id, class and frame index.
+    """A PNG grid: one row per video (``pick_videos``: every class before any repeats),
+    ``num_frames`` frames spread evenly over each, titled by ``row_label`` and frame index.
     Shards in ``skip`` (found bad: reading one may abort the process) are left out."""
     import matplotlib
     matplotlib.use("Agg")
@@ -156,29 +157,16 @@ def contact_sheet(split_dir: str | Path, out_png: str | Path, num_videos: int = 
 
     split_dir = Path(split_dir)
     names = _class_names(split_dir)
-    picked, spare = [], []
-    for path in [p for p in ok_shard_paths(split_dir) if p not in skip]:
-        reader = FileReader(path, num_consumer=1)
-        try:
-            for item in reader.get_next():
-                if int(item[schema.LABEL]) not in {int(p[schema.LABEL]) for p in picked}:
-                    picked.append(item)
-                elif len(spare) < num_videos:
-                    spare.append(item)
-                if len(picked) == num_videos:
-                    break
-        finally:
-            reader.close()
-        if len(picked) == num_videos:
-            break
-    picked += spare[:num_videos - len(picked)]
+    usable = [r for r in read_rows(split_dir) if str(ShardFiles.of(split_dir, r.shard).record) not in skip]
+    picked = pick_videos(usable, num_videos)
     if not picked:
         raise ValueError(f"{split_dir}: no converted video to draw")
+    items = _read_items(split_dir, picked)
     fig, axes = plt.subplots(len(picked), num_frames, squeeze=False,
                              figsize=(1.8 * num_frames, 1.6 * len(picked)))
-    for row, item in zip(axes, picked):
+    for row, video in zip(axes, picked):
+        item = items[video.video_id]
         offsets, count = item[schema.OFFSETS], int(item[schema.NUM_FRAMES])
-        label = int(item[schema.LABEL])
         for col, (ax, index) in enumerate(zip(row, np.linspace(0, count - 1, num_frames).round().astype(int))):
             frame = simplejpeg.decode_jpeg(bytes(schema.frame_bytes(item[schema.FRAMES], offsets, index)))
             ax.imshow(frame)
@@ -186,7 +174,7 @@ def contact_sheet(split_dir: str | Path, out_png: str | Path, num_videos: int = 
             ax.set_yticks([])
             ax.set_title(f"frame {index}", fontsize=7)
             if col == 0:
-                ax.set_ylabel(f"{names.get(label, label)}\n{item[schema.VIDEO_ID]}", fontsize=7)
+                ax.set_ylabel(row_label(video, names), fontsize=7)
     fig.suptitle(f"{split_dir}: {len(picked)} videos, {num_frames} frames each", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
@@ -194,6 +182,44 @@ def contact_sheet(split_dir: str | Path, out_png: str | Path, num_videos: int = 
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
+
+
+def pick_videos(rows: list[ManifestRow], num_videos: int) -> list[ManifestRow]:
+    """Ok videos round-robin over classes in class order (the first of each class in manifest
+    order, then the second of each, ...), so a sheet shows as many classes as it has rows."""
+    by_class: dict[int, list[ManifestRow]] = defaultdict(list)
+    for row in rows:
+        if row.ok:
+            by_class[row.label].append(row)
+    queues = [by_class[label] for label in sorted(by_class)]
+    depth = max(map(len, queues), default=0)
+    return [q[i] for i in range(depth) for q in queues if i < len(q)][:num_videos]
+
+
+def row_label(row: ManifestRow, names: dict[int, str]) -> str:
+    """Class, video id and stored frame size: a sheet row says what it shows and at what size."""
+    return f"{names.get(row.label, row.label)}\n{row.video_id}\n{row.width}x{row.height}"
+
+
+def _read_items(split_dir: Path, rows: list[ManifestRow]) -> dict[str, dict]:
+    """The stored samples of ``rows`` by video id, reading each of their shards once."""
+    wanted: dict[int, set[str]] = defaultdict(set)
+    for row in rows:
+        wanted[row.shard].add(row.video_id)
+    items = {}
+    for shard, ids in sorted(wanted.items()):
+        reader = FileReader(str(ShardFiles.of(split_dir, shard).record), num_consumer=1)
+        try:
+            for item in reader.get_next():
+                video_id = str(item[schema.VIDEO_ID])
+                if video_id in ids:
+                    items[video_id] = item
+                    ids.discard(video_id)
+                if not ids:
+                    break
+        finally:
+            reader.close()
+    return items
 
 
 def _class_names(split_dir: Path) -> dict[int, str]:

@@ -30,6 +30,19 @@ class CsvEntry:
     def video_id(self) -> str:
         return f"{self.youtube_id}_{self.time_start:06d}_{self.time_end:06d}"
 
+    @property
+    def where(self) -> str:
+        """Where the entry is, for a duplicate's reason."""
+        return f"CSV line {self.line}"
+
+    @property
+    def problem(self) -> str:
+        """A CSV row that parsed is always convertible (``read_csv`` refuses the others)."""
+        return ""
+
+    def locate(self, videos_root: str | Path) -> Path | None:
+        return find_video(videos_root, self)
+
 
 def read_csv(path: str | Path) -> list[CsvEntry]:
     """Rows of a Kinetics CSV in file order.

@@ -1,7 +1,8 @@
-"""Write the label file of a Kinetics CSV: one ``<class name> <idx>`` line per class, names sorted.
+"""Write the label file of a Kinetics CSV or a video list: ``<class name> <idx>`` lines, sorted.
 
 The reference's generate_label.py wrote the same file; the trainer reads it with
-``datatools.schema.read_labels``.
+``datatools.schema.read_labels``. A list's lines that cannot be converted (no label, a path
+outside the video root) name no class.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from datatools.cli import run_cli
-from datatools.kinetics import read_csv
+from datatools.lists import LIST_FORMS, read_entries
 
 __all__ = ["class_names", "write_labels", "main"]
 
@@ -35,15 +36,17 @@ def write_labels(names: list[str], path: str | Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datatools.labels", description=__doc__.split("\n")[0])
-    p.add_argument("csv", type=Path, help="Kinetics CSV (label,youtube_id,time_start,time_end,split)")
+    p.add_argument("csv", type=Path, nargs="?",
+                   help="Kinetics CSV (label,youtube_id,time_start,time_end,split); or give --list")
     p.add_argument("out", type=Path, help="label file to write, e.g. records/kinetics400/labels.txt")
+    p.add_argument("--list", help=f"a labelled video list instead of the CSV: {LIST_FORMS}")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    names = class_names(e.label for e in read_csv(args.csv))
+    names = class_names(e.label for e in read_entries(args.csv, args.list) if not e.problem)
     if not names:
-        raise ValueError(f"{args.csv}: no rows, so no classes")
+        raise ValueError(f"{args.csv or args.list}: no convertible entry, so no classes")
     write_labels(names, args.out)
     print(f"wrote {len(names)} classes to {args.out}")
     return 0

@@ -63,9 +63,12 @@ class Reason:
     TOO_LARGE = "too large"
     UNKNOWN_LABEL = "unknown label"
     DUPLICATE_ID = "duplicate video_id"
+    NO_LABEL = "no label"                   # a video list line without a label (datatools.lists)
+    OUTSIDE_VIDEOS = "outside --videos"     # a list path that is absolute or climbs out with ..
     # Failures a new copy of the source can cure (a finished download, a re-download; a cut-off
     # index reads as no video stream): a re-run retries them once their source file changed.
-    # Unknown labels and duplicate ids come from the CSV and labels.txt, which a resume keeps;
+    # Unknown labels, duplicate ids, missing labels and outside paths come from the CSV or list
+    # and labels.txt, which a resume keeps;
     # rotation and size come from how the video was shot.
     RETRYABLE = frozenset({MISSING, EMPTY, CANNOT_OPEN, NO_VIDEO_STREAM, NO_FRAMES, TRUNCATED})
 
@@ -84,7 +87,7 @@ def reason_kind(reason: str) -> str:
 class ManifestRow:
     """One CSV entry, converted (``ok``) or not (``failed`` with a one-line reason)."""
 
-    video_id: str           # <ytid>_<start:06d>_<end:06d>, unique in a split
+    video_id: str           # <ytid>_<start:06d>_<end:06d>, or a list path minus extension; unique
     label: int              # index into labels.txt, -1 if the CSV label is unknown
     label_name: str
     source: str             # path of the source video ("" if not found)

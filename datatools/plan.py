@@ -1,26 +1,41 @@
-"""Which video goes to which shard: a pure function of the CSV, the labels and the seed.
+"""Which video goes to which shard: a pure function of the CSV (or list), the labels and the seed.
 
 Planning reads no video and writes nothing, so a resumed run plans the same shards, and rows
-that can fail before decoding (unknown label, duplicate id) are known up front.
+that can fail before decoding (a list line's own problem, unknown label, duplicate id) are known
+up front.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
-from datatools.kinetics import CsvEntry, find_video
 from datatools.manifest import NO_SHARD, ManifestRow, Reason, Settings
 
-__all__ = ["VideoTask", "ShardTask", "assign_shards", "plan_shards"]
+__all__ = ["Entry", "VideoTask", "ShardTask", "assign_shards", "plan_shards"]
+
+
+class Entry(Protocol):
+    """One video to convert: a Kinetics CSV row (``datatools.kinetics.CsvEntry``) or a video
+    list line (``datatools.lists.ListEntry``); each knows where its file is."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def video_id(self) -> str: ...
+    @property
+    def where(self) -> str: ...             # "CSV line 3", "trainlist01.txt line 3"
+    @property
+    def problem(self) -> str: ...           # a failure reason known from the line alone, or ""
+    def locate(self, videos_root: str | Path) -> Path | None: ...
 
 
 @dataclass(frozen=True)
 class VideoTask:
-    """One CSV entry to convert; ``order`` is its position in the CSV (manifest row order)."""
+    """One entry to convert; ``order`` is its position in the CSV or list (manifest row order)."""
 
     order: int
     video_id: str
@@ -65,28 +80,25 @@ def assign_shards(labels: Sequence[int], videos_per_shard: int, seed: int) -> li
     return shards
 
 
-def plan_shards(entries: list[CsvEntry], class_index: dict[str, int], videos_root: str | Path,
+def plan_shards(entries: Sequence[Entry], class_index: dict[str, int], videos_root: str | Path,
                 out_dir: str | Path, settings: Settings, labels_sha256: str,
                 decode_threads: int = 0) -> tuple[list[ShardTask], list[tuple[int, ManifestRow]]]:
-    """Shard tasks plus the (CSV order, row) of entries that fail before any decoding.
+    """Shard tasks plus the (entry order, row) of entries that fail before any decoding.
 
-    Assignment depends only on the CSV and the labels (not on which files exist), so a resumed
-    run sees the same shards.
+    Assignment depends only on the entries and the labels (not on which files exist), so a
+    resumed run sees the same shards.
     """
-    pre_failed, assignable, first_line = [], [], {}
+    pre_failed, assignable, first_seen = [], [], {}
     for order, e in enumerate(entries):
         label = class_index.get(e.label, -1)
-        task = VideoTask(order, e.video_id, label, e.label, "")
-        if label < 0:
-            reason = Reason.text(Reason.UNKNOWN_LABEL, f"{e.label!r} is not in the label file")
+        reason = _pre_failure(e, label, first_seen)
+        if reason:
+            task = VideoTask(order, e.video_id, label, e.label, "")
             pre_failed.append((order, task.row(NO_SHARD, reason)))
-        elif e.video_id in first_line:
-            reason = Reason.text(Reason.DUPLICATE_ID, f"first at CSV line {first_line[e.video_id]}")
-            pre_failed.append((order, task.row(NO_SHARD, reason)))
-        else:
-            first_line[e.video_id] = e.line
-            source = find_video(videos_root, e)
-            assignable.append(VideoTask(order, e.video_id, label, e.label, str(source or "")))
+            continue
+        first_seen[e.video_id] = e.where
+        source = e.locate(videos_root)
+        assignable.append(VideoTask(order, e.video_id, label, e.label, str(source or "")))
     shard_of = assign_shards([v.label for v in assignable], settings.videos_per_shard, settings.seed)
     per_shard: dict[int, list[VideoTask]] = {}
     for v, shard in zip(assignable, shard_of):
@@ -94,3 +106,14 @@ def plan_shards(entries: list[CsvEntry], class_index: dict[str, int], videos_roo
     tasks = [ShardTask(i, str(out_dir), tuple(videos), settings, labels_sha256, decode_threads)
              for i, videos in sorted(per_shard.items())]
     return tasks, pre_failed
+
+
+def _pre_failure(entry: Entry, label: int, first_seen: dict[str, str]) -> str:
+    """Why the entry cannot be converted whatever its file holds, or ""."""
+    if entry.problem:
+        return entry.problem
+    if label < 0:
+        return Reason.text(Reason.UNKNOWN_LABEL, f"{entry.label!r} is not in the label file")
+    if entry.video_id in first_seen:
+        return Reason.text(Reason.DUPLICATE_ID, f"first at {first_seen[entry.video_id]}")
+    return ""

@@ -72,6 +72,6 @@ def build_tiny_records(base: Path) -> TinyRecords:
 
 @pytest.fixture(scope="session")
 def tiny_records(tmp_path_factory) -> TinyRecords:
-    """4 classes, 16 train + 12 val videos of 16 frames (160x120 stored at 149x112), 4+3 shards."""
+    """4 classes, 16 train + 12 val videos of 16 frames (160x120 stored at 85x64), 4+3 shards."""
     return build_tiny_records(tmp_path_factory.mktemp("tiny_records"))
 

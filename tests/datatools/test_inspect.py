@@ -11,7 +11,7 @@ from mindspore.mindrecord import FileReader
 
 from datatools import schema
 from datatools.cli import run_cli
-from datatools.inspect import build_parser, contact_sheet, inspect_split, main
+from datatools.inspect import build_parser, contact_sheet, inspect_split, main, pick_videos, row_label
 from datatools.manifest import MANIFEST_NAME, ManifestRow, ShardFiles, read_rows
 
 
@@ -25,6 +25,15 @@ def test_inspect_verifies_tiny_records_and_draws_a_sheet(tiny_records, tmp_path,
            "every JPEG decodes)" in out
     assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.stat().st_size > 20_000
     assert contact_sheet(tiny_records.split("val"), tmp_path / "v.png", num_videos=2, num_frames=3).is_file()
+
+
+def test_sheet_videos_go_round_robin_over_classes(tiny_records):
+    rows = sorted(read_rows(tiny_records.split("train")), key=lambda r: r.label)   # one class first
+    picked = pick_videos(rows, 4)
+    assert sorted(r.label for r in picked) == [0, 1, 2, 3]
+    assert [r.label for r in pick_videos(rows[:7] + rows[-2:], 6)] == [0, 1, 3, 0, 1, 3]
+    # 160x120 sources stored at short side 64
+    assert row_label(picked[0], {0: "walk"}) == f"walk\n{picked[0].video_id}\n85x64"
 
 
 def test_inspect_reports_missing_and_unlisted_videos(tiny_records, tmp_path, capsys):
