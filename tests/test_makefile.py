@@ -40,3 +40,26 @@ def test_make_keeps_inherited_pythonpath(inherited, expected):
     environ_value, sys_path = make_env(inherited)
     assert environ_value == expected
     assert sys_path[:len(expected.split(":"))] == expected.split(":")
+
+
+def test_make_eval_under_msrun_ends_with_the_result_line(tiny_records, tmp_path):
+    """``make eval NPROC=2``: the README calls ``top1=... top5=... videos=...`` the last line, and
+    no MindSpore warning (cluster start-up retries that look fatal) reaches the console."""
+    import mindspore as ms
+
+    from trainer.checkpoint import save_weights
+    from trainer.config import load_config
+    from trainer.model import create_model
+
+    overrides = [f"data.root={tiny_records}", "model.width=8", f"train.output_dir={tmp_path}"]
+    ms.set_seed(0)
+    ckpt = tmp_path / "fresh.ckpt"
+    save_weights(create_model(load_config(ROOT / "configs/demo.yaml", overrides)), ckpt, epoch=1)
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "GLOG_v"}}
+    result = subprocess.run(["make", "eval", "NPROC=2", "MASTER_PORT=8230", f"CKPT={ckpt}",
+                             f"MSRUN_LOG={tmp_path / 'msrun'}", f"ARGS={' '.join(overrides)}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1].startswith("top1=") and lines[-1].endswith("videos=12"), lines[-5:]
+    assert not [line for line in lines + result.stderr.splitlines() if "[WARNING]" in line]
