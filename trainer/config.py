@@ -95,9 +95,10 @@ def _all(*rules: Rule) -> Rule:
     return lambda value, data: next(filter(None, (r(value, data) for r in rules)), None)
 
 
-def _below_epochs(value: Any, data: Mapping) -> str | None:
+def _within_epochs(value: Any, data: Mapping) -> str | None:
+    """Warmup fits the run (a 1-epoch smoke run of a config with 1 warmup epoch is all warmup)."""
     epochs = _get(data, "train.epochs")
-    return None if _is_number(value) and value < epochs else f"< train.epochs ({epochs})"
+    return None if _is_number(value) and value <= epochs else f"<= train.epochs ({epochs})"
 
 
 def _fits_short_side(value: Any, data: Mapping) -> str | None:
@@ -138,7 +139,7 @@ RULES: dict[str, Rule] = {
     "train.lr_schedule": _one_of(LR_SCHEDULES),
     "train.lr_milestones": _increasing_epochs,
     "train.lr_gamma": _range(0, 1, low_open=True),
-    "train.warmup_epochs": _all(_range(0), _below_epochs),
+    "train.warmup_epochs": _all(_range(0), _within_epochs),
     "train.label_smoothing": _range(0, 1, high_open=True),
     "train.amp_level": _one_of(AMP_LEVELS),
     "train.loss_scale_manager": _one_of(LOSS_SCALE_MANAGERS),
