@@ -6,6 +6,13 @@ release the GIL, and threads avoid copying each ~21 MB clip between processes; d
 Every random choice comes from ``(seed, epoch)`` (shuffle) or a per-sample generator seeded by
 ``(seed, epoch, video_id)`` (sampling, crop, flip), so a run is reproducible whatever thread
 handles which sample, and a training dataset is built per epoch.
+
+Every sample is checked against the CRC-32 the converter stored with it
+(``datatools.schema.sample_checksum``, over the whole blob; its cost: docs/design.md §4), and a
+frame that does not decode is caught. A map op cannot drop a row, so it returns a ``problem``
+column ("" for a sound sample): training keeps the batch's shape with a zero clip labelled
+``IGNORE_LABEL``, which the loss leaves out (``trainer.train_step``) and ``trainer.train``
+counts; evaluation refuses it (``trainer.eval``).
 """
 from __future__ import annotations
 
@@ -21,11 +28,13 @@ import simplejpeg
 from PIL import Image
 
 from datatools.manifest import ok_shard_paths, read_manifest, read_settings, source_sizes
-from datatools.schema import FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, frame_bytes
+from datatools.schema import (CHECKSUM, FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, frame_bytes,
+                              sample_checksum)
 from trainer.config import RESIZE_MODES, Config, ConfigError
 
-__all__ = ["MEAN", "STD", "CLIP", "MASK", "RESIZE_MODES", "ClipSampler", "ClipDecoder", "TrainClips",
-           "EvalClips", "clip_decoder", "split_dir", "records", "create_dataset"]
+__all__ = ["MEAN", "STD", "CLIP", "MASK", "PROBLEM", "IGNORE_LABEL", "RESIZE_MODES", "BadSample",
+           "ClipSampler", "ClipDecoder", "TrainClips", "EvalClips", "bad_samples", "clip_decoder",
+           "split_dir", "records", "create_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +43,30 @@ STD = (0.229, 0.224, 0.225)
 # Output columns besides the schema's LABEL and VIDEO_ID.
 CLIP = "clip"
 MASK = "mask"
+PROBLEM = "problem"     # "" for a sound sample, else "video <id>: <what is wrong>"
+# The label of a bad training sample: the loss leaves it out (trainer.train_step.MaskedCrossEntropy).
+IGNORE_LABEL = -100
 SPLIT_KEYS = ("train", "val")
 _LOGGED: set[str] = set()
-_READ_COLUMNS = [FRAMES, OFFSETS, NUM_FRAMES, LABEL, VIDEO_ID]
+_READ_COLUMNS = [FRAMES, OFFSETS, NUM_FRAMES, LABEL, VIDEO_ID, CHECKSUM]
+
+
+class BadSample(ValueError):
+    """A stored sample that is not what the converter wrote; the message says what differs."""
+
+
+def _check_sample(blob: memoryview, offsets: np.ndarray, num_frames: int, label: int, video_id: str,
+                  checksum: int) -> None:
+    """Raise BadSample unless the sample's CRC-32 is the stored one and its frame count fits."""
+    if sample_checksum(video_id, label, offsets, blob) != checksum:
+        raise BadSample("checksum mismatch")
+    if num_frames != len(offsets) - 1:   # num_frames is outside the checksum
+        raise BadSample(f"num_frames {num_frames} but {len(offsets) - 1} frames")
+
+
+def bad_samples(problems: np.ndarray) -> list[str]:
+    """The non-empty texts of a batch's ``problem`` column."""
+    return [str(p) for p in problems if p]
 
 
 class ClipSampler:
@@ -155,14 +185,18 @@ class ClipDecoder:
 
     def decode(self, blob: memoryview, offsets: np.ndarray, indices: np.ndarray,
                video_id: str = "") -> list[np.ndarray]:
-        """uint8 (H, W, 3) frames at their scaled size, one per index (repeats decoded once)."""
+        """uint8 (H, W, 3) frames at their scaled size, one per index (repeats decoded once);
+        BadSample for a frame that does not decode."""
         fast = self.resize == "keep"
         cache: dict[int, np.ndarray] = {}
         frames = []
         for index in indices.ravel().tolist():
             if index not in cache:
-                image = simplejpeg.decode_jpeg(frame_bytes(blob, offsets, index), colorspace="RGB",
-                                               fastdct=fast, fastupsample=fast)
+                try:
+                    image = simplejpeg.decode_jpeg(frame_bytes(blob, offsets, index), colorspace="RGB",
+                                                   fastdct=fast, fastupsample=fast)
+                except ValueError as exc:   # what simplejpeg raises for a corrupt JPEG
+                    raise BadSample(f"frame {index} does not decode ({exc})") from None
                 height, width = self.scaled_size(*image.shape[:2], video_id)
                 if (height, width) != image.shape[:2]:
                     image = self._scale(image, height, width)
@@ -196,11 +230,14 @@ def _blob(frames: np.ndarray) -> memoryview:
 
 
 class TrainClips:
-    """Map op for training: (frames, offsets, num_frames, label, video_id) → (clip, label).
+    """Map op for training: (frames, offsets, num_frames, label, video_id, checksum) → (clip,
+    label, problem).
 
     One random segment offset set, one random crop box and one flip per clip, drawn from a
     generator seeded by ``(seed, epoch, crc32(video_id))``: the same video gets new draws each
     epoch, and a resumed run (a new dataset for its epoch) draws what an uninterrupted one did.
+    A bad sample (checksum mismatch, a frame that does not decode) becomes a zero clip labelled
+    ``IGNORE_LABEL``, with its problem text.
     """
 
     def __init__(self, sampler: ClipSampler, decoder: ClipDecoder, seed: int, epoch: int) -> None:
@@ -209,17 +246,29 @@ class TrainClips:
         self.seed = seed
         self.epoch = epoch
 
-    def __call__(self, frames, offsets, num_frames, label, video_id):
-        rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(str(video_id).encode())])
-        indices = self.sampler.train_indices(int(num_frames), rng)
-        decoded = self.decoder.decode(_blob(frames), offsets, indices, str(video_id))
+    def __call__(self, frames, offsets, num_frames, label, video_id, checksum):
+        video_id = str(video_id)
+        try:
+            blob = _blob(frames)
+            _check_sample(blob, offsets, int(num_frames), int(label), video_id, int(checksum))
+            return self._clip(blob, offsets, int(num_frames), video_id), np.int32(label), ""
+        except BadSample as exc:
+            c = self.decoder.crop
+            clip = np.zeros((self.sampler.num_segments, 3 * self.sampler.frames_per_segment, c, c),
+                            np.float32)
+            return clip, np.int32(IGNORE_LABEL), f"video {video_id}: {exc}"
+
+    def _clip(self, blob: memoryview, offsets: np.ndarray, num_frames: int,
+              video_id: str) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(video_id.encode())])
+        indices = self.sampler.train_indices(num_frames, rng)
+        decoded = self.decoder.decode(blob, offsets, indices, video_id)
         height, width = decoded[0].shape[:2]
         crop = self.decoder.crop
         top = int(rng.integers(0, height - crop + 1))
         left = int(rng.integers(0, width - crop + 1))
         flip = bool(rng.random() < 0.5)
-        clip = self.decoder(decoded, self.sampler.num_segments, top, left, flip)
-        return clip, np.int32(label)
+        return self.decoder(decoded, self.sampler.num_segments, top, left, flip)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.sampler!r}, {self.decoder!r}, seed={self.seed}, "
@@ -227,29 +276,46 @@ class TrainClips:
 
 
 class EvalClips:
-    """Map op for evaluation: → (clip (K, T, 3N, S, S), label, mask, video_id), deterministic.
+    """Map op for evaluation: (frames, offsets, num_frames, label, video_id, checksum) → (clip
+    (K, T, 3N, S, S), label, mask, video_id, problem), deterministic.
 
     K temporal clips per video (``ClipSampler.test_indices``), centre crop. A padded sample
-    (``num_frames == 0``, added so every rank gets the same count) yields zeros and mask 0.
+    (``num_frames == 0``, added so every rank gets the same count) yields zeros and mask 0; so
+    does a bad sample, whose problem text is the error ``trainer.eval`` raises (naming
+    ``folder``, the split, for ``datatools.inspect``).
     """
 
-    def __init__(self, sampler: ClipSampler, decoder: ClipDecoder, num_clips: int) -> None:
+    def __init__(self, sampler: ClipSampler, decoder: ClipDecoder, num_clips: int,
+                 folder: str | Path) -> None:
         self.sampler = sampler
         self.decoder = decoder
         self.num_clips = num_clips
+        self.folder = folder
 
-    def __call__(self, frames, offsets, num_frames, label, video_id):
+    def __call__(self, frames, offsets, num_frames, label, video_id, checksum):
         t, n, c = self.sampler.num_segments, self.sampler.frames_per_segment, self.decoder.crop
-        if int(num_frames) == 0:
-            clip = np.zeros((self.num_clips, t, 3 * n, c, c), self.decoder.dtype)
-            return clip, np.int32(label), np.int32(0), video_id
-        indices = self.sampler.test_indices(int(num_frames), self.num_clips)
-        decoded = self.decoder.decode(_blob(frames), offsets, indices, str(video_id))
+        empty = np.zeros((self.num_clips, t, 3 * n, c, c), self.decoder.dtype)
+        try:
+            blob = _blob(frames)
+            _check_sample(blob, offsets, int(num_frames), int(label), str(video_id), int(checksum))
+            if int(num_frames) == 0:   # padding, checked like any row (_padded_sample)
+                return empty, np.int32(label), np.int32(0), video_id, ""
+            clips = self._clips(blob, offsets, int(num_frames), str(video_id))
+            return clips, np.int32(label), np.int32(1), video_id, ""
+        except BadSample as exc:
+            return empty, np.int32(label), np.int32(0), video_id, (
+                f"video {video_id}: {exc}: metrics are not computed on altered data; run "
+                f"datatools.inspect {self.folder}")
+
+    def _clips(self, blob: memoryview, offsets: np.ndarray, num_frames: int,
+               video_id: str) -> np.ndarray:
+        t, n = self.sampler.num_segments, self.sampler.frames_per_segment
+        indices = self.sampler.test_indices(num_frames, self.num_clips)
+        decoded = self.decoder.decode(blob, offsets, indices, video_id)
         top, left = self.decoder.center_box(*decoded[0].shape[:2])
         per_clip = t * n
-        clip = np.stack([self.decoder(decoded[k * per_clip:(k + 1) * per_clip], t, top, left, False)
+        return np.stack([self.decoder(decoded[k * per_clip:(k + 1) * per_clip], t, top, left, False)
                          for k in range(self.num_clips)])
-        return clip, np.int32(label), np.int32(1), video_id
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.sampler!r}, {self.decoder!r}, num_clips={self.num_clips})"
@@ -266,8 +332,11 @@ def split_dir(cfg: Config, split: str) -> Path:
 
 
 def _padded_sample() -> dict:
-    """A row of every read column that EvalClips recognizes as padding (num_frames 0)."""
-    return {FRAMES: b"\x00", OFFSETS: np.zeros(1, np.int64), NUM_FRAMES: 0, LABEL: -1, VIDEO_ID: ""}
+    """A row of every read column that EvalClips recognizes as padding (num_frames 0), with the
+    checksum a converter would write for it: padding passes the check every row gets."""
+    blob, offsets, label, video_id = b"\x00", np.zeros(1, np.int64), -1, ""
+    return {FRAMES: blob, OFFSETS: offsets, NUM_FRAMES: 0, LABEL: label, VIDEO_ID: video_id,
+            CHECKSUM: sample_checksum(video_id, label, offsets, blob)}
 
 
 def records(cfg: Config, split: str, *, training: bool, rank: int = 0, group_size: int = 1,
@@ -351,12 +420,13 @@ def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, gr
     training : bool
         True: shuffled (seed from (seed, epoch), same on every rank), random crop/flip,
         ``data.batch_size`` with ``drop_remainder``; columns ``clip`` (B, T, 3N, crop, crop)
-        float32 and ``label`` (B,) int32. When the video count is not divisible by
-        ``group_size``, MindDataset repeats a few videos so every shard has
-        ceil(count / group_size) rows.
+        float32, ``label`` (B,) int32 (``IGNORE_LABEL`` for a bad sample) and ``problem`` (str,
+        "" for a sound sample). When the video count is not divisible by ``group_size``,
+        MindDataset repeats a few videos so every shard has ceil(count / group_size) rows.
         False: in order, K centred clips, ``test.batch_size``, last batch kept; padded with
         masked rows so every video is seen exactly once over all ranks; columns ``clip``
-        (B, K, T, 3N, S, S), ``label``, ``mask`` (int32, 0 for padding), ``video_id`` (str).
+        (B, K, T, 3N, S, S), ``label``, ``mask`` (int32, 0 for padding and bad samples),
+        ``video_id`` (str), ``problem`` (str, "" for a sound sample).
     rank, group_size : int
         This rank's shard of the split.
     epoch : int
@@ -373,10 +443,11 @@ def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, gr
                           cfg.data.frames_per_segment)
     if training:
         op = TrainClips(sampler, clip_decoder(cfg, split, cfg.data.crop_size), cfg.seed, epoch)
-        columns, batch_size = [CLIP, LABEL], cfg.data.batch_size
+        columns, batch_size = [CLIP, LABEL, PROBLEM], cfg.data.batch_size
     else:
-        op = EvalClips(sampler, clip_decoder(cfg, split, cfg.test.crop, normalize), cfg.test.clips)
-        columns, batch_size = [CLIP, LABEL, MASK, VIDEO_ID], cfg.test.batch_size
+        op = EvalClips(sampler, clip_decoder(cfg, split, cfg.test.crop, normalize), cfg.test.clips,
+                       split_dir(cfg, split))
+        columns, batch_size = [CLIP, LABEL, MASK, VIDEO_ID, PROBLEM], cfg.test.batch_size
     logger.info("%s split %s: rank %d/%d, %r", "train" if training else "eval", split, rank,
                 group_size, op)
     data = data.map(op, input_columns=_READ_COLUMNS, output_columns=columns,

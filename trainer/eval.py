@@ -3,7 +3,9 @@
 Each rank runs its shard of the padded validation set (``create_dataset(training=False)``);
 padded rows are masked out, so the counts of all ranks add up to exactly the split's videos.
 A video's K temporal clips are scored by the mean of their softmax. Counts are summed over ranks
-with AllReduce (SUM is the only CPU reduction), so rank 0 reports the whole split.
+with AllReduce (SUM is the only CPU reduction), so rank 0 reports the whole split. A video that
+is not what the converter wrote (checksum mismatch, a frame that does not decode) or whose logits
+are not finite is an error naming it: no metric is computed on altered data or scores.
 
     python -m trainer.eval --config configs/demo.yaml --ckpt runs/demo/best.ckpt --out result.json
 """
@@ -19,11 +21,12 @@ import numpy as np
 from mindspore import nn
 
 from datatools.cli import run_cli, setup_logging
-from datatools.schema import LABEL, LABELS_NAME, read_labels
-from trainer.checkpoint import checkpoint_arg
+from datatools.progress import Progress
+from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID, read_labels
+from trainer.checkpoint import checkpoint_arg, nan_or_inf
 from trainer.config import config_from_args, config_parser
-from trainer.data import CLIP, MASK, create_dataset
-from trainer.runtime import all_reduce_sum, init_runtime
+from trainer.data import CLIP, MASK, PROBLEM, bad_samples, create_dataset
+from trainer.runtime import all_reduce_counts, init_runtime
 from trainer.scoring import video_scores
 
 __all__ = ["evaluate", "summary_line", "write_results", "main"]
@@ -32,11 +35,20 @@ logger = logging.getLogger(__name__)
 TOP_K = 5
 
 
-def _all_reduce_sum(values: np.ndarray) -> np.ndarray:
-    """Sum integer counts over the ranks (float32 holds counts below 2**24 exactly)."""
-    if values.max(initial=0) >= 2 ** 24:
-        raise ValueError(f"counts up to {values.max()} do not fit float32 exactly")
-    return np.rint(all_reduce_sum(values)).astype(np.int64)
+def _non_finite_logits(video_id: str, logits: np.ndarray) -> str:
+    return (f"video {video_id}: the network's logits are not finite ({nan_or_inf(logits)}): "
+            f"metrics are not computed from them; check the checkpoint, or evaluate in float32 "
+            f"(train.amp_level=O0)")
+
+
+def _refuse(problems: list[str], count: int) -> None:
+    """Raise for ``count`` problems over all ranks, naming this rank's first."""
+    if not count:
+        return
+    if not problems:
+        raise ValueError(f"altered or non-finite videos on other ranks ({count}, logged there): "
+                         f"metrics are not computed")
+    raise ValueError(problems[0] + (f" (and {count - 1} more videos, logged)" if count > 1 else ""))
 
 
 def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
@@ -48,25 +60,41 @@ def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
     Returns ``top1``, ``top5`` (fractions), ``videos`` (real videos counted), ``per_class``
     (accuracy per class index, None for a class without videos) and ``confusion``
     (``confusion[true][predicted]`` counts).
+
+    A bad sample or a video with non-finite logits is a ValueError naming the first one (the
+    others are logged). Every rank raises once the counts are summed, so none waits for another.
     """
     net.set_train(False)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     top5_hits = 0
+    problems: list[str] = []
     k = min(TOP_K, num_classes)
+    progress = Progress(dataset.get_dataset_size(), "batches", logger=logger, desc="eval")
     for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
+        progress.update()
         clips, labels, mask = batch[CLIP], batch[LABEL], batch[MASK].astype(bool)
+        problems.extend(bad_samples(batch[PROBLEM]))
         batch_size, num_clips = clips.shape[:2]
         logits = net(ms.Tensor(clips.reshape(batch_size * num_clips, *clips.shape[2:]))).asnumpy()
         if logits.shape[-1] != num_classes:
             raise ValueError(f"network gives {logits.shape[-1]} classes, expected {num_classes}")
-        scores = video_scores(logits.reshape(batch_size, num_clips, -1))
-        scores, labels = scores[mask], labels[mask].astype(np.int64)
+        logits = logits.reshape(batch_size, num_clips, -1)
+        finite = np.isfinite(logits).all(axis=(1, 2))
+        problems.extend(_non_finite_logits(video_id, video_logits) for video_id, video_logits
+                        in zip(batch[VIDEO_ID][mask & ~finite], logits[mask & ~finite]))
+        keep = mask & finite
+        scores, labels = video_scores(logits[keep]), labels[keep].astype(np.int64)
         np.add.at(confusion, (labels, scores.argmax(axis=1)), 1)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top5_hits += int((top == labels[:, None]).any(axis=1).sum())
+    for problem in problems[1:]:   # the first is the error raised below
+        logger.error("%s", problem)
+    counts = np.append(confusion.ravel(), [top5_hits, len(problems)])
+    progress.close()
     if group_size > 1:
-        summed = _all_reduce_sum(np.append(confusion.ravel(), top5_hits))
-        confusion, top5_hits = summed[:-1].reshape(num_classes, num_classes), int(summed[-1])
+        counts = all_reduce_counts(counts)
+    confusion, top5_hits = counts[:-2].reshape(num_classes, num_classes), int(counts[-2])
+    _refuse(problems, int(counts[-1]))
     videos = int(confusion.sum())
     per_class_videos = confusion.sum(axis=1)
     per_class = [float(confusion[c, c] / n) if n else None

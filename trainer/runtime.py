@@ -13,7 +13,8 @@ from mindspore.communication import get_group_size, get_rank, init
 from trainer.config import AUTO_DEVICE, DEVICE_TARGETS, MODES, Config, ConfigError
 from trainer.cpu import use_fast_cpu_kernels
 
-__all__ = ["distributed_launch", "resolve_device_target", "init_runtime", "all_reduce_sum"]
+__all__ = ["distributed_launch", "resolve_device_target", "init_runtime", "all_reduce_sum",
+           "all_reduce_counts"]
 
 logger = logging.getLogger(__name__)
 MS_MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}   # MindSpore's value of each of MODES
@@ -112,3 +113,10 @@ def _share_cpu_threads(processes: int) -> None:
 def all_reduce_sum(values: np.ndarray) -> np.ndarray:
     """float32 sum of ``values`` over all ranks (CPU AllReduce supports SUM only)."""
     return ops.AllReduce(ops.ReduceOp.SUM)(ms.Tensor(values.astype(np.float32))).asnumpy()
+
+
+def all_reduce_counts(counts: np.ndarray) -> np.ndarray:
+    """Integer counts summed over all ranks (float32 holds counts below 2**24 exactly)."""
+    if counts.max(initial=0) >= 2 ** 24:
+        raise ValueError(f"counts up to {counts.max()} do not fit float32 exactly")
+    return np.rint(all_reduce_sum(counts)).astype(np.int64)

@@ -1,17 +1,24 @@
 """Weight loading that explains itself: optimizer state filtered, wrong variant/classes/architecture
-named in one line, the model zoo's training checkpoint loaded exactly."""
+named in one line, the model zoo's training checkpoint loaded exactly, NaN/inf refused by name."""
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
 import pytest
 
+from trainer import eval as trainer_eval
+from trainer import export as trainer_export
 from trainer.checkpoint import load_weights
-from trainer.model import StNet
+from trainer.config import load_config
+from trainer.model import StNet, create_model
 
 from tests.trainer.test_pretrained import MS_BN, _resnet50_shapes, _save_ckpt, model_zoo_stnet_shapes
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
 def _tiny(xception: str = "dense", num_classes: int = 4, frames: int = 2) -> StNet:
@@ -79,3 +86,34 @@ def test_imagenet_resnet_as_ckpt_points_to_model_pretrained(tmp_path):
     with pytest.raises(ValueError, match=rf"is a 2D ImageNet ResNet checkpoint, not an StNet one: "
                                          rf"initialise training from it with model\.pretrained={path}"):
         load_weights(_tiny(), path)
+
+
+def test_non_finite_values_are_refused_by_name(tmp_path):
+    net = _tiny()
+    variance = net.layer1[0].bn1.moving_variance
+    variance.set_data(ms.Tensor(np.full(variance.shape, np.inf, np.float32)))
+    path = tmp_path / "diverged.ckpt"
+    _save_net(net, path)
+    total = len(list(net.get_parameters()))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: 1 of {total} tensors are not "
+                                         rf"finite, first layer1\.0\.bn1\.moving_variance \(inf\): "):
+        load_weights(_tiny(), path)
+
+
+@pytest.mark.parametrize("command", [trainer_eval, trainer_export], ids=["eval", "export"])
+def test_eval_and_export_refuse_a_non_finite_checkpoint_in_one_line(command, tiny_records, tmp_path):
+    """Such a checkpoint evaluated with exit 0, predicting class 0 for every video."""
+    overrides = [f"data.root={tiny_records}", "model.width=8"]
+    net = create_model(load_config(DEMO, overrides))
+    net.fc.weight.set_data(ms.Tensor(np.full(net.fc.weight.shape, np.nan, np.float32)))
+    path = tmp_path / "nan.ckpt"
+    _save_net(net, path)
+    out = ["--out", str(tmp_path / "out")] if command is trainer_export else []
+    args = command.build_parser().parse_args(["--config", str(DEMO), "--ckpt", str(path), *out,
+                                              *overrides])
+    with pytest.raises(ValueError) as info:   # run_cli: "error: <message>", exit 2
+        command.main(args)
+    total = len(list(net.get_parameters()))
+    assert re.fullmatch(rf"{re.escape(str(path))}: 1 of {total} tensors are not finite, first "
+                        rf"fc\.weight \(nan\): [^\n]+", str(info.value))
+    assert not (tmp_path / "out").exists()

@@ -109,7 +109,7 @@ def test_rules_and_nullable_types_name_keys_of_the_recipe():
     ("train.lr_milestones=[0, 2]", "train.lr_milestones must be a strictly increasing list of epochs >= 1, "
                                    "got [0, 2]"),
     ("train.warmup_epochs=-1", "train.warmup_epochs must be >= 0, got -1"),
-    ("train.warmup_epochs=6", "train.warmup_epochs must be < train.epochs (6), got 6"),
+    ("train.warmup_epochs=7", "train.warmup_epochs must be <= train.epochs (6), got 7"),
     ("train.keep_checkpoints=0", "train.keep_checkpoints must be >= 1, got 0"),
     ("train.loss_scale=0.5", "train.loss_scale must be >= 1, got 0.5"),
     ("train.loss_scale_window=0", "train.loss_scale_window must be >= 1, got 0"),
@@ -119,6 +119,7 @@ def test_rules_and_nullable_types_name_keys_of_the_recipe():
      "train.loss_scale_manager must be one of dynamic|fixed, got 'static'"),
     ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
     ("data.num_workers=0", "data.num_workers must be >= 1, got 0"),
+    ("data.max_bad_samples=-1", "data.max_bad_samples must be >= 0, got -1"),
     ("data.num_segments=0", "data.num_segments must be >= 1, got 0"),
     ("data.frames_per_segment=0", "data.frames_per_segment must be >= 1, got 0"),
     ("data.short_side=-1", "data.short_side must be >= 0, got -1"),

@@ -9,9 +9,10 @@ import pytest
 import simplejpeg
 
 from datatools.manifest import read_rows
-from datatools.schema import LABEL, VIDEO_ID, pack_frames
+from datatools.schema import LABEL, VIDEO_ID, pack_frames, sample_checksum
 from trainer.config import load_config
-from trainer.data import CLIP, MASK, MEAN, STD, ClipDecoder, ClipSampler, create_dataset, records
+from trainer.data import (CLIP, IGNORE_LABEL, MASK, MEAN, PROBLEM, STD, ClipDecoder, ClipSampler,
+                          EvalClips, TrainClips, create_dataset, records)
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -120,6 +121,74 @@ def test_decoder_flip_mirrors_and_rescales_short_side():
 def test_decoder_rejects_crop_larger_than_short_side():
     with pytest.raises(ValueError, match="crop must be in 1..short_side=112, got 128"):
         ClipDecoder(short_side=112, crop=128)
+
+
+# ---- map ops on altered samples -----------------------------------------------------------
+
+def _sample(video_id: str = "v1", label: int = 2, broken_frame: int | None = None) -> tuple:
+    """A map op's input row (frames, offsets, num_frames, label, video_id, checksum) of 4 frames,
+    its checksum computed over whatever the frames are (as the converter writes it)."""
+    blob, offsets = _video([40, 80, 120, 160], 64, 80)
+    blob = bytearray(blob)
+    if broken_frame is not None:
+        blob[int(offsets[broken_frame]) + 20] ^= 0xFF   # a header byte: the JPEG cannot decode
+    frames = np.frombuffer(bytes(blob), "S1")
+    return (frames, offsets, np.int32(4), np.int32(label), np.array(video_id),
+            np.int64(sample_checksum(video_id, label, offsets, bytes(blob))))
+
+
+def _ops() -> tuple[TrainClips, EvalClips]:
+    sampler, decoder = ClipSampler(2, 2), ClipDecoder(64, 32)   # 4 frames: every frame is used
+    return TrainClips(sampler, decoder, seed=0, epoch=0), EvalClips(sampler, decoder, 1, "records/x/val")
+
+
+def test_map_ops_pass_a_sound_sample():
+    train_op, eval_op = _ops()
+    clip, label, problem = train_op(*_sample())
+    assert clip.shape == (2, 6, 32, 32) and clip.any() and label == 2 and problem == ""
+    clip, label, mask, video_id, problem = eval_op(*_sample())
+    assert clip.shape == (1, 2, 6, 32, 32) and (label, mask, str(video_id), problem) == (2, 1, "v1", "")
+
+
+@pytest.mark.parametrize("column, value, reason", [
+    (3, np.int32(3), "checksum mismatch"),            # label: not the one written
+    (4, np.array("v2"), "checksum mismatch"),         # video_id
+    (2, np.int32(5), "num_frames 5 but 4 frames"),    # num_frames: outside the checksum
+])
+def test_map_ops_flag_a_sample_that_differs_from_its_checksum(column, value, reason):
+    row = list(_sample())
+    row[column] = value
+    train_op, eval_op = _ops()
+    clip, label, problem = train_op(*row)
+    video = str(row[4])
+    assert not clip.any() and label == IGNORE_LABEL and problem == f"video {video}: {reason}"
+    clip, label, mask, _, problem = eval_op(*row)
+    assert not clip.any() and mask == 0
+    assert problem == (f"video {video}: {reason}: metrics are not computed on altered data; run "
+                       f"datatools.inspect records/x/val")
+
+
+def test_map_ops_flag_a_frame_that_does_not_decode():
+    """The checksum matches (the converter wrote these bytes) but frame 2 is not a JPEG."""
+    train_op, eval_op = _ops()
+    clip, label, problem = train_op(*_sample(broken_frame=2))
+    assert not clip.any() and label == IGNORE_LABEL
+    assert problem.startswith("video v1: frame 2 does not decode (Corrupt JPEG data")
+    assert eval_op(*_sample(broken_frame=2))[-1].startswith("video v1: frame 2 does not decode (")
+
+
+def test_training_batches_flag_altered_videos_and_keep_the_rest(altered_records):
+    cfg = load_config(DEMO, [f"data.root={altered_records}", "data.num_workers=2"])
+    flagged, labels = [], 0
+    for batch in _batches(create_dataset(cfg, "train", training=True, epoch=0)):
+        bad = batch[PROBLEM] != ""
+        flagged.extend(str(p) for p in batch[PROBLEM][bad])
+        assert (batch[LABEL][bad] == IGNORE_LABEL).all() and not batch[CLIP][bad].any()
+        assert (batch[LABEL][~bad] >= 0).all() and all(c.any() for c in batch[CLIP][~bad])
+        labels += int((~bad).sum())
+    assert sorted(flagged) == sorted(f"video {v}: checksum mismatch" for v in
+                                     (altered_records.frame_flipped, altered_records.label_changed))
+    assert labels == len(_ok_ids(cfg, "train")) - 2
 
 
 # ---- loader on converted records -------------------------------------------------------------

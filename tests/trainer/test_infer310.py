@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
+from datatools.schema import sample_checksum
 from trainer import eval as trainer_eval
 from trainer.config import load_config
 from trainer.data import MEAN, STD, ClipDecoder, ClipSampler, EvalClips
@@ -59,7 +60,8 @@ def run(tiny_records, tmp_path_factory):
     """Everything the 310 path writes (uint8 and float clips, both exports, the package), plus
     the network's own logits on the float clips."""
     base = tmp_path_factory.mktemp("infer310")
-    overrides = ["model.width=8", f"data.root={tiny_records.root}",
+    # 2 segments: the K=2 clips of a 16-frame video differ (with 4 they would be the same)
+    overrides = ["model.width=8", f"data.root={tiny_records.root}", "test.segments=2",
                  f"test.clips={CLIPS_PER_VIDEO}", f"train.output_dir={base / 'runs'}"]
     cfg = load_config(REPO / "configs/demo.yaml", overrides)
     init_runtime(cfg)
@@ -132,9 +134,19 @@ def test_uint8_clips_are_the_float_clips_before_normalization(run):
 
 def test_uint8_padding_rows_batch_with_uint8_clips():
     """A padded row (num_frames 0, sharded eval) must have the clips' dtype to batch with them."""
-    op = EvalClips(ClipSampler(4, 3), ClipDecoder(64, 56, normalize=False), num_clips=2)
-    clip, _, mask, _ = op(np.zeros(1, "S1"), np.zeros(1, np.int64), 0, -1, "")
-    assert clip.dtype == np.uint8 and clip.shape == (2, 4, 9, 56, 56) and mask == 0
+    op = EvalClips(ClipSampler(4, 3), ClipDecoder(64, 56, normalize=False), 2, "records/x/val")
+    offsets = np.zeros(1, np.int64)
+    clip, _, mask, _, problem = op(np.zeros(1, "S1"), offsets, 0, -1, "",
+                                   sample_checksum("", -1, offsets, b"\x00"))
+    assert clip.dtype == np.uint8 and clip.shape == (2, 4, 9, 56, 56) and mask == 0 and problem == ""
+
+
+def test_preprocess_refuses_an_altered_video(altered_records, tmp_path):
+    cfg = load_config(REPO / "configs/demo.yaml", [f"data.root={altered_records}",
+                                                   "data.val_split=val_altered"])
+    with pytest.raises(ValueError, match=rf"^video {altered_records.val_frame_flipped}: checksum "
+                                         rf"mismatch: metrics are not computed on altered data"):
+        preprocess(cfg, tmp_path)
 
 
 def test_uint8_clips_are_4x_smaller(run):
@@ -170,10 +182,24 @@ def test_runner_reproduces_the_network(run):
                      run["runner_out"])
 
 
+def _correct_by_hand(logits: np.ndarray, labels: np.ndarray) -> tuple[int, np.ndarray]:
+    """Videos whose mean clip softmax ranks the label first, in plain numpy (not
+    trainer.scoring, which both postprocess and trainer.eval call), and the predictions."""
+    per_video = logits.astype(np.float64).reshape(len(labels), CLIPS_PER_VIDEO, -1)
+    exp = np.exp(per_video - per_video.max(axis=2, keepdims=True))
+    predicted = (exp / exp.sum(axis=2, keepdims=True)).mean(axis=1).argmax(axis=1)
+    return int((predicted == labels).sum()), predicted
+
+
 def test_top1_equals_trainer_eval(run, evaluated):
+    labels = np.load(run["work"] / LABELS_FILE)
+    correct, predicted = _correct_by_hand(run["logits"], labels)
+    # A rule scoring one clip per video would predict otherwise: the comparison can fail.
+    clip_zero = run["logits"].reshape(len(labels), CLIPS_PER_VIDEO, -1)[:, 0].argmax(axis=1)
+    assert (clip_zero != predicted).any()
     post = top1(run["work"])
-    assert post["tot"] == evaluated["videos"]
-    assert post["top1_correct"] == round(evaluated["top1"] * evaluated["videos"])
+    assert post["tot"] == evaluated["videos"] == len(labels)
+    assert post["top1_correct"] == correct == round(evaluated["top1"] * evaluated["videos"])
     assert post["acc"] == pytest.approx(evaluated["top1"], abs=1e-12)
     assert run["post_line"] == summary_line(post)
 

@@ -24,7 +24,7 @@ from datatools.cli import run_cli, setup_logging
 from datatools.progress import Progress
 from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID
 from trainer.config import Config, config_from_args, config_parser
-from trainer.data import CLIP, MASK, create_dataset
+from trainer.data import CLIP, MASK, PROBLEM, bad_samples, create_dataset
 from trainer.infer310 import DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, clip_name
 
 __all__ = ["preprocess", "main"]
@@ -42,7 +42,8 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
 
     The metadata (also ``clips.json``) holds ``clip_shape`` (1, T, 3N, S, S), ``dtype`` (uint8,
     or float32 with ``float_input``), ``clips_per_video`` K, ``videos``, ``files`` (clip file
-    names, video-major) and ``video_ids``. The records' labels.txt is copied beside them.
+    names, video-major) and ``video_ids``. The records' labels.txt is copied beside them. A
+    sample that is not what the converter wrote is a ValueError naming it, as in trainer.eval.
     """
     out_dir = Path(out_dir)
     names = Path(cfg.data.root) / LABELS_NAME
@@ -60,6 +61,9 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
     progress = Progress(dataset.get_dataset_size(), "batches", logger=logger, desc="preprocess")
     for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
         progress.update()
+        problems = bad_samples(batch[PROBLEM])
+        if problems:   # else the 310 top-1 would count fewer videos than trainer.eval's
+            raise ValueError(problems[0])
         clips, mask = batch[CLIP], batch[MASK].astype(bool)
         clip_shape = [1, *clips.shape[2:]]
         for row in np.flatnonzero(mask):

@@ -1,0 +1,83 @@
+"""Records altered on disk after conversion, as a flipped bit or a bad write would alter them."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mindspore.mindrecord import FileReader
+
+from datatools.schema import FRAMES, LABEL, LABELS_NAME, OFFSETS, VIDEO_ID, frame_bytes
+
+# Sampled by every train and test clip of the tiny records (4 segments x 3 frames of 16: training
+# runs start at frame 4 or 5, the centred test run at 4), so the unchecked loader decoded it.
+ALTERED_FRAME = 5
+
+
+@dataclass(frozen=True)
+class AlteredRecords:
+    """A copy of tiny_records: in ``train`` one video has a flipped JPEG byte and one a changed
+    label; ``val`` is intact; ``val_altered`` is ``val`` with a flipped JPEG byte in one video."""
+
+    root: Path
+    frame_flipped: str      # train video id
+    label_changed: str      # train video id
+    val_frame_flipped: str  # val_altered video id
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+
+def _first_rows(shard: Path, count: int) -> list[dict]:
+    reader = FileReader(str(shard))
+    try:
+        rows = [row for _, row in zip(range(count), reader.get_next())]
+    finally:
+        reader.close()
+    return rows
+
+
+def _write_byte(path: Path, offset: int, value: int) -> None:
+    """In place: rewriting the whole file would fill the shard's sparse holes."""
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(bytes([value]))
+
+
+def flip_frame_byte(shard: Path, row: dict, frame: int) -> None:
+    """Flip a header byte of one stored JPEG (simplejpeg then refuses the frame)."""
+    jpeg = bytes(frame_bytes(row[FRAMES], row[OFFSETS], frame))
+    data = shard.read_bytes()
+    start = data.find(jpeg)
+    assert start > 0 and data.find(jpeg, start + 1) == -1, "the frame must occur once in the shard"
+    _write_byte(shard, start + 20, data[start + 20] ^ 0xFF)
+
+
+def change_label(shard: Path, row: dict, num_classes: int) -> None:
+    """Rewrite the label MindRecord stores (msgpack: ``\\xa5label`` then a positive fixint)."""
+    data = shard.read_bytes()
+    at = data.rfind(b"\xa5label", 0, data.rfind(str(row[VIDEO_ID]).encode())) + len(b"\xa5label")
+    assert data[at] == int(row[LABEL]) < 0x80, "the label must be the byte after its key"
+    _write_byte(shard, at, (data[at] + 1) % num_classes)
+
+
+@pytest.fixture(scope="session")
+def altered_records(tiny_records, tmp_path_factory) -> AlteredRecords:
+    root = tmp_path_factory.mktemp("altered") / "records"
+    root.mkdir()
+    shutil.copyfile(tiny_records.root / LABELS_NAME, root / LABELS_NAME)
+    for source, split in (("train", "train"), ("val", "val"), ("val", "val_altered")):
+        # the shards are sparse 32 MB pages: copy the holes as holes
+        subprocess.run(["cp", "-r", "--sparse=always", str(tiny_records.root / source),
+                        str(root / split)], check=True)
+    train_shard = root / "train" / "shard-00000.mindrecord"
+    frame_row, label_row = _first_rows(train_shard, 2)
+    flip_frame_byte(train_shard, frame_row, ALTERED_FRAME)
+    change_label(train_shard, label_row, tiny_records.num_classes)
+    val_shard = root / "val_altered" / "shard-00000.mindrecord"
+    [val_row] = _first_rows(val_shard, 1)
+    flip_frame_byte(val_shard, val_row, ALTERED_FRAME)
+    return AlteredRecords(root, str(frame_row[VIDEO_ID]), str(label_row[VIDEO_ID]),
+                          str(val_row[VIDEO_ID]))
