@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in VARIANTS:
         baseline = None
         for isa in ISAS:
+            print(f"measuring {variant} with ONEDNN_MAX_CPU_ISA={isa} ...", flush=True)
             result = _run_worker(args, variant, isa)
             wall, cpu = statistics.median(result["times"]), statistics.median(result["cpu_times"])
             baseline = baseline or (wall, cpu)

@@ -23,6 +23,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor
 
+from trainer.checkpoint import describe_entries
 from trainer.model import StNet
 
 __all__ = ["STEM_KEY", "FRESH_PREFIXES", "inflate_stem", "torchvision_to_mindspore", "read_state",
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 STEM_KEY = "conv1.weight"
 FRESH_PREFIXES = ("temp1.", "temp2.", "xception.", "fc.")   # StNet layers ImageNet cannot provide
+CLASSIFIER_PREFIX = "fc."      # StNet's classifier: another class count means fine-tuning
 CKPT_SUFFIX, NPZ_SUFFIX = ".ckpt", ".npz"
 _TORCH_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
              "running_var": "moving_variance"}
@@ -79,9 +81,12 @@ def read_state(path: str | Path) -> tuple[dict[str, np.ndarray], list[str]]:
 def load_pretrained(net: StNet, path: str | Path) -> dict[str, list[str]]:
     """Load every backbone weight ``path`` holds into ``net``; conv1 is inflated if it has 3 inputs.
 
-    Returns ``{"loaded": [...], "skipped": [...], "missing": [...]}``: names loaded, file entries the
-    network lacks, network parameters the file lacks. Raises ValueError on a shape mismatch or when
-    nothing matches.
+    An StNet checkpoint of another class count (fine-tuning, e.g. Kinetics-400 to UCF101) loads
+    every layer but the classifier, which keeps its fresh initialisation; both are reported.
+
+    Returns ``{"loaded", "skipped", "missing", "reinitialised"}``: names loaded, file entries the
+    network lacks, network parameters the file lacks, classifier parameters of another class
+    count. Raises ValueError on any other shape mismatch or when nothing matches.
     """
     state, skipped = read_state(path)
     params = {p.name: p for p in net.get_parameters()}
@@ -89,13 +94,16 @@ def load_pretrained(net: StNet, path: str | Path) -> dict[str, list[str]]:
     if stem is not None and stem.ndim == 4 and stem.shape[1] == 3 and params[STEM_KEY].shape[1] != 3:
         state[STEM_KEY] = inflate_stem(stem, net.frames_per_segment)
         logger.info("%s: inflated %s %s → %s", path, STEM_KEY, stem.shape, state[STEM_KEY].shape)
-    matched = {}
+    matched, other_classes = {}, {}
     for key, value in state.items():
         if key not in params:
             skipped.append(key)
             continue
         expected = tuple(params[key].shape)
         if tuple(value.shape) != expected:
+            if key.startswith(CLASSIFIER_PREFIX) and tuple(value.shape[1:]) == expected[1:]:
+                other_classes[key] = value.shape[0]     # fine-tuning to another class count
+                continue
             raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the network expects {expected}")
         matched[key] = Parameter(Tensor(value.astype(ms.dtype_to_nptype(params[key].dtype))), name=key)
     if not matched:
@@ -105,10 +113,18 @@ def load_pretrained(net: StNet, path: str | Path) -> dict[str, list[str]]:
         raise ValueError(f"{path}: MindSpore did not load {unused[:3]} although the names matched")
     missing = sorted(not_loaded)
     for key in sorted(skipped):
-        logger.info("%s: skipped %s (not a network parameter)", path, key)
+        logger.debug("%s: skipped %s (not a network parameter)", path, key)
     for key in missing:
-        level = logging.INFO if key.startswith(FRESH_PREFIXES) else logging.WARNING
-        logger.log(level, "%s: missing %s (keeps its fresh initialisation)", path, key)
-    logger.info("%s: loaded %d parameters, skipped %d entries, %d parameters left fresh",
-                path, len(matched), len(skipped), len(missing))
-    return {"loaded": sorted(matched), "skipped": sorted(skipped), "missing": missing}
+        if not key.startswith(FRESH_PREFIXES + (CLASSIFIER_PREFIX,)):
+            logger.warning("%s: missing %s (keeps its fresh initialisation)", path, key)
+    logger.info("%s: loaded %d parameters; %d parameters keep their fresh initialisation", path,
+                len(matched), len(missing))
+    if skipped:
+        logger.info("%s: skipped %d entries that are not network parameters: %s", path, len(skipped),
+                    describe_entries(skipped))
+    if other_classes:
+        logger.info("%s: classifier %s freshly initialised: the checkpoint classifies %d classes, "
+                    "the network %d (fine-tuning)", path, ", ".join(sorted(other_classes)),
+                    next(iter(other_classes.values())), params[f"{CLASSIFIER_PREFIX}bias"].shape[0])
+    return {"loaded": sorted(matched), "skipped": sorted(skipped), "missing": missing,
+            "reinitialised": sorted(other_classes)}

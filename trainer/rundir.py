@@ -100,6 +100,35 @@ class RunDir:
         for old in self.epoch_checkpoints()[:-max(keep, 1)]:
             old.unlink()
 
+    def holds_a_run(self) -> bool:
+        """Whether an earlier run wrote here (a log, a checkpoint or best weights)."""
+        return self.log.is_file() or self.best_weights.is_file() or bool(self.epoch_checkpoints())
+
+    def claim(self, resuming: bool, overwrite: bool) -> None:
+        """Refuse to train from scratch into another run's folder, or clear it on request.
+
+        Two runs in one folder would interleave their train.jsonl, overwrite some checkpoints and
+        keep the other run's best.ckpt.
+        """
+        if resuming or not self.holds_a_run():
+            return
+        if not overwrite:
+            raise ValueError(f"{self.path} already holds a run ({self.describe()}): resume it with "
+                             f"train.resume=auto, start another with a new name=, or replace it "
+                             f"with train.overwrite=true")
+        for path in (self.log, self.best_weights, self.best_score, self.curves, self.config,
+                     *self.epoch_checkpoints()):
+            path.unlink(missing_ok=True)
+
+    def describe(self) -> str:
+        """``train.jsonl, 3 epoch checkpoints, best.ckpt`` (what holds_a_run found)."""
+        found = [self.LOG] if self.log.is_file() else []
+        if self.epoch_checkpoints():
+            found.append(f"{len(self.epoch_checkpoints())} epoch checkpoint(s)")
+        if self.best_weights.is_file():
+            found.append(self.BEST_WEIGHTS)
+        return ", ".join(found)
+
     def write_text(self, path: Path, text: str) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(text)

@@ -5,7 +5,8 @@
 
 The run folder (``trainer.rundir``) gets the resolved config, ``train.jsonl`` (one JSON object per
 log window and per evaluation), the last K epoch checkpoints (full state) and ``best.ckpt``
-(weights with the best validation top-1). Only rank 0 writes.
+(weights with the best validation top-1). Only rank 0 writes, and never a NaN or an infinity:
+every tensor is checked after each epoch, before anything is saved (docs/design.md §3).
 """
 from __future__ import annotations
 
@@ -21,19 +22,21 @@ import numpy as np
 from mindspore import nn
 
 from datatools.cli import RunStopped, run_cli, setup_logging
-from trainer.checkpoint import restore_training_state, save_training_state, save_weights
+from trainer.checkpoint import (checkpoint_epoch, non_finite, restore_training_state,
+                                save_training_state, save_weights)
 from trainer.config import Config, config_from_args, config_parser, save_config
-from trainer.data import create_dataset
+from trainer.data import bad_samples, create_dataset, split_dir
 from trainer.eval import evaluate
 from trainer.model import create_model
 from trainer.precision import cast_network
 from trainer.pretrained import load_pretrained
 from trainer.rundir import RunDir
-from trainer.runtime import all_reduce_sum, init_runtime
+from trainer.runtime import all_reduce_counts, all_reduce_sum, init_runtime
 from trainer.schedule import build_lr
 from trainer.train_step import build_train_cell, run_step
 
-__all__ = ["TrainingDiverged", "train", "train_one_epoch", "average_bn_statistics", "main"]
+__all__ = ["TrainingDiverged", "TooManyBadSamples", "BadSamples", "train", "train_one_epoch",
+           "average_bn_statistics", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,53 @@ MAX_CONSECUTIVE_SKIPS = 32
 
 
 class TrainingDiverged(RunStopped):
-    """The loss became NaN or infinite; the last epoch checkpoint is the last good state."""
+    """The loss, a weight or a BatchNorm statistic became NaN or infinite; the last epoch
+    checkpoint is the last good state."""
+
+
+class TooManyBadSamples(RunStopped):
+    """More bad samples in one epoch than ``data.max_bad_samples``."""
+
+
+class BadSamples:
+    """The training samples the loader flagged (checksum mismatch, a frame that does not decode)
+    and the loss left out.
+
+    Each is logged once per run. Counts are summed over the ranks at every log window (the same
+    steps on every rank), so all ranks see one total and stop together when an epoch holds more
+    than ``limit``.
+    """
+
+    def __init__(self, limit: int, group_size: int, split: Path) -> None:
+        self.limit = limit
+        self.group_size = group_size
+        self.split = split
+        self.logged: set[str] = set()
+        self.in_epoch = 0
+
+    def start_epoch(self) -> None:
+        self.in_epoch = 0
+
+    def flagged(self, problems: np.ndarray) -> int:
+        """How many samples of a batch's ``problem`` column are bad; logs the new ones."""
+        found = bad_samples(problems)
+        for text in sorted(set(found) - self.logged):
+            self.logged.add(text)
+            logger.warning("%s: left out of training (each bad sample is logged once)", text)
+        return len(found)
+
+    def window(self, count: int, *, epoch: int, step: int) -> int:
+        """A log window's count summed over the ranks; stops the run once the epoch's total is
+        past the limit."""
+        if self.group_size > 1:
+            count = int(all_reduce_counts(np.array([count]))[0])
+        self.in_epoch += count
+        if self.in_epoch > self.limit:
+            raise TooManyBadSamples(
+                f"train stopped at epoch {epoch} step {step}: {self.in_epoch} bad samples in "
+                f"this epoch, more than data.max_bad_samples={self.limit}: run datatools.inspect "
+                f"{self.split} and reconvert the videos it reports, or raise data.max_bad_samples")
+        return count
 
 
 class RunLog:
@@ -59,17 +108,25 @@ class RunLog:
 
 
 def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: np.ndarray,
-                    clips_per_step: int, log_interval: int, run_log: RunLog) -> int:
-    """One pass over ``dataset``; returns the optimizer step count after it."""
+                    clips_per_step: int, log_interval: int, run_log: RunLog, bad: BadSamples,
+                    epochs: int = 0) -> int:
+    """One pass over ``dataset``; returns the optimizer step count after it.
+
+    Each log line says ``epoch e/E step i/n`` and the time left in the epoch and in the run
+    (``epochs`` = E; the rate is the last log window's).
+    """
     train_cell.set_train(True)
-    window_loss, window_steps, window_skipped, window_wait = [], 0, 0, 0.0
+    window_loss, window_steps, window_skipped, window_bad, window_wait = [], 0, 0, 0, 0.0
     window_start, consecutive_skips = time.perf_counter(), 0
+    bad.start_epoch()
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     batch_count = dataset.get_dataset_size()
     for i in range(batch_count):
         wait_start = time.perf_counter()
-        clip, label = next(iterator)[:2]
+        clip, label, problems = next(iterator)
         window_wait += time.perf_counter() - wait_start
+        flagged = bad.flagged(problems)
+        window_bad += flagged
         result = run_step(train_cell, clip, label)
         step += 1
         window_steps += 1
@@ -78,31 +135,47 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
             window_skipped += 1
             logger.debug("step %d: gradient overflow, update skipped, loss scale now %g",
                          step, result.loss_scale)
+        stopped = f"train stopped at epoch {epoch + 1} step {step}"
         if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
-            raise TrainingDiverged(f"{consecutive_skips} consecutive steps overflowed at epoch "
-                                   f"{epoch + 1} step {step} (loss {result.loss}, loss scale "
-                                   f"{result.loss_scale:g})")
+            raise TrainingDiverged(f"{stopped}: {consecutive_skips} consecutive steps overflowed "
+                                   f"(loss {result.loss}, loss scale {result.loss_scale:g})")
         if not result.skipped and not math.isfinite(result.loss):
-            raise TrainingDiverged(f"loss is {result.loss} at epoch {epoch + 1} step {step}")
-        if math.isfinite(result.loss):
+            raise TrainingDiverged(f"{stopped}: loss is {result.loss}")
+        if math.isfinite(result.loss) and flagged < len(problems):   # all bad: loss 0, not a mean
             window_loss.append(result.loss)
         if window_steps == log_interval or i == batch_count - 1:
+            window_bad = bad.window(window_bad, epoch=epoch + 1, step=step)
             elapsed = time.perf_counter() - window_start
             record = dict(epoch=epoch + 1, step=step,
                           loss=float(np.mean(window_loss)) if window_loss else float("nan"),
                           lr=float(lr[min(step - 1, len(lr) - 1)]),
                           clips_per_s=clips_per_step * window_steps / elapsed,
                           data_wait=window_wait / elapsed,
-                          loss_scale=result.loss_scale, skipped_steps=window_skipped)
-            logger.info("epoch %d step %d loss %.4f lr %.5f clips/s %.1f data wait %.0f%%%s",
-                        record["epoch"], step, record["loss"], record["lr"], record["clips_per_s"],
-                        100 * record["data_wait"],
+                          loss_scale=result.loss_scale, skipped_steps=window_skipped,
+                          bad_samples=window_bad)
+            seconds_per_step = elapsed / window_steps
+            left_in_epoch = batch_count - i - 1
+            left_in_run = left_in_epoch + max(epochs - epoch - 1, 0) * batch_count
+            logger.info("epoch %d/%d step %d/%d loss %.4f lr %.5f clips/s %.1f data wait %.0f%% "
+                        "ETA epoch %s run %s%s%s", record["epoch"], max(epochs, epoch + 1), i + 1,
+                        batch_count, record["loss"], record["lr"], record["clips_per_s"],
+                        100 * record["data_wait"], _duration(left_in_epoch * seconds_per_step),
+                        _duration(left_in_run * seconds_per_step),
                         f" loss scale {result.loss_scale:g} skipped {window_skipped}"
-                        if result.loss_scale != 1.0 or window_skipped else "")
+                        if result.loss_scale != 1.0 or window_skipped else "",
+                        f" bad samples {window_bad}" if window_bad else "")
             run_log.write(**record)
-            window_loss, window_steps, window_skipped, window_wait = [], 0, 0, 0.0
+            window_loss, window_steps, window_skipped, window_bad, window_wait = [], 0, 0, 0, 0.0
             window_start = time.perf_counter()
     return step
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``12s``."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def average_bn_statistics(net: nn.Cell, group_size: int) -> None:
@@ -123,6 +196,12 @@ def average_bn_statistics(net: nn.Cell, group_size: int) -> None:
         start += p.size
 
 
+def _last_good(run: RunDir) -> str:
+    """The run's latest epoch checkpoint, relative to the run folder, or ``none``."""
+    latest = run.latest_checkpoint()
+    return str(latest.relative_to(run.path)) if latest else "none"
+
+
 def _resume_path(cfg: Config, run: RunDir) -> Path | None:
     if cfg.train.resume is None:
         return None
@@ -137,14 +216,20 @@ def train(cfg: Config) -> dict:
     setup_logging(rank)
     run = RunDir.of(cfg)
     is_writer = rank == 0
+    resume = _resume_path(cfg, run)
+    run.claim(resuming=resume is not None, overwrite=cfg.train.overwrite)
+    if resume is not None and checkpoint_epoch(resume) >= cfg.train.epochs:
+        logger.info("%s is finished: %s holds epoch %d of train.epochs=%d; raise train.epochs to "
+                    "extend it", run.path, resume, checkpoint_epoch(resume), cfg.train.epochs)
+        return {}
     if is_writer:
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
     run_log = RunLog(run if is_writer else None)
     ms.set_seed(cfg.seed)
+    started = time.perf_counter()
 
     net = create_model(cfg)
-    resume = _resume_path(cfg, run)
     if resume is None and cfg.model.pretrained:
         load_pretrained(net, cfg.model.pretrained)
     net = cast_network(net, cfg)   # the same cast as trainer.eval and trainer.export
@@ -154,8 +239,9 @@ def train(cfg: Config) -> dict:
     train_cell = build_train_cell(net, cfg, lr)
     start_epoch, step = 0, 0
     if resume is not None:
-        start_epoch, step = restore_training_state(train_cell, resume)
+        start_epoch, step = restore_training_state(train_cell, resume, steps_per_epoch)
         logger.info("resumed from %s: %d epochs, %d steps done", resume, start_epoch, step)
+    bad = BadSamples(cfg.data.max_bad_samples, group_size, split_dir(cfg, cfg.data.train_split))
     best = run.best_top1()
     logger.info("run %s: %d ranks, %d steps/epoch, %d clips/step, epochs %d..%d",
                 run.path, group_size, steps_per_epoch, cfg.data.batch_size * group_size,
@@ -165,12 +251,21 @@ def train(cfg: Config) -> dict:
     for epoch in range(start_epoch, cfg.train.epochs):
         dataset = create_dataset(cfg, cfg.data.train_split, training=True, rank=rank,
                                  group_size=group_size, epoch=epoch)
-        step = train_one_epoch(train_cell, dataset, epoch=epoch, step=step, lr=lr,
-                               clips_per_step=cfg.data.batch_size * group_size,
-                               log_interval=cfg.train.log_interval, run_log=run_log)
-        average_bn_statistics(net, group_size)
+        try:
+            step = train_one_epoch(train_cell, dataset, epoch=epoch, step=step, lr=lr,
+                                   clips_per_step=cfg.data.batch_size * group_size,
+                                   log_interval=cfg.train.log_interval, run_log=run_log, bad=bad,
+                                   epochs=cfg.train.epochs)
+            average_bn_statistics(net, group_size)
+            # Every rank holds the same state now (averaged gradients and BN statistics): all stop.
+            problem = non_finite((p.name, p) for p in train_cell.get_parameters())
+            if problem:
+                raise TrainingDiverged(f"train stopped at epoch {epoch + 1} step {step}: {problem}")
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"{exc}; the last good checkpoint is {_last_good(run)}") from None
         if is_writer:
-            save_training_state(train_cell, run, epoch + 1, step, cfg.train.keep_checkpoints)
+            saved = save_training_state(train_cell, run, epoch + 1, step, cfg.train.keep_checkpoints)
+            logger.info("saved %s", saved)
         last = epoch + 1 == cfg.train.epochs
         if (epoch + 1) % cfg.train.eval_interval and not last:
             continue
@@ -184,7 +279,27 @@ def train(cfg: Config) -> dict:
             best = metrics["top1"]
             save_weights(net, run.best_weights, epoch + 1)
             run.write_best_score(epoch + 1, best)
+            logger.info("saved %s: top1 %.4f at epoch %d", run.best_weights, best, epoch + 1)
+    if is_writer:
+        for line in summary_lines(run, metrics, time.perf_counter() - started):
+            logger.info("%s", line)
     return metrics
+
+
+def summary_lines(run: RunDir, last: dict, seconds: float) -> list[str]:
+    """The end of a run: best and last metrics, wall time, and where the files are."""
+    from trainer.plot import plot_run   # matplotlib only when a run ends
+    _, evals = run.read_log()
+    lines = [f"run {run.path} done in {_duration(seconds)}"]
+    if evals:
+        top = max(evals, key=lambda r: r["top1"])
+        lines.append(f"best top1 {top['top1']:.4f} top5 {top['top5']:.4f} at epoch {top['epoch']}"
+                     + (f"; last top1 {last['top1']:.4f} top5 {last['top5']:.4f}" if last else ""))
+    curves = plot_run(run.path) if run.log.is_file() and run.read_log()[0] else None
+    lines += [f"best weights {run.best_weights}" if run.best_weights.is_file()
+              else "no evaluation yet: no best.ckpt",
+              f"log {run.log}" + (f", curves {curves}" if curves else "")]
+    return lines
 
 
 def main(args: argparse.Namespace) -> dict:

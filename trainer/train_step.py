@@ -11,6 +11,8 @@ unless the optimizer is given the scale too: that applied updates 1024x too larg
 steps; ``fixed`` keeps it. MindSpore's overflow check uses Ascend/GPU status registers, so on
 CPU (where O2 runs in the tests) the check is an isfinite over the gradients instead; the scale
 arithmetic, the skip and the gradient all-reduce are MindSpore's own cell on every device.
+
+The loss leaves out the samples the loader flagged as bad (label ``trainer.data.IGNORE_LABEL``).
 """
 from __future__ import annotations
 
@@ -21,9 +23,12 @@ import numpy as np
 from mindspore import nn, ops
 
 from trainer.config import LOSS_SCALE_MANAGERS, Config, ConfigError
+from trainer.data import IGNORE_LABEL
 from trainer.precision import amp_level
+from trainer.pretrained import CLASSIFIER_PREFIX
 
-__all__ = ["LOSS_SCALE_MANAGERS", "StepResult", "LossScaledTrainStep", "build_train_cell", "run_step"]
+__all__ = ["LOSS_SCALE_MANAGERS", "StepResult", "MaskedCrossEntropy", "LossScaledTrainStep",
+           "build_train_cell", "run_step"]
 
 _not_finite = ops.MultitypeFuncGraph("not_finite")
 
@@ -31,6 +36,23 @@ _not_finite = ops.MultitypeFuncGraph("not_finite")
 @_not_finite.register("Tensor")
 def _tensor_not_finite(grad):
     return ops.logical_not(ops.isfinite(grad).all()).astype(ms.float32)
+
+
+class MaskedCrossEntropy(nn.LossBase):
+    """Cross-entropy averaged over the samples not labelled ``IGNORE_LABEL`` (bad samples).
+
+    A batch without any gives 0 and zero gradients: ``nn.CrossEntropyLoss(ignore_index=...)``
+    averages over no sample there and returns NaN, which the update would put in every weight.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.per_sample = nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL, reduction="none",
+                                              label_smoothing=label_smoothing)
+
+    def construct(self, logits, labels):
+        kept = (labels != IGNORE_LABEL).astype(logits.dtype).sum()
+        return self.per_sample(logits, labels).sum() / ops.maximum(kept, 1.0)
 
 
 class LossScaledTrainStep(nn.TrainOneStepWithLossScaleCell):
@@ -61,13 +83,25 @@ class StepResult:
 
 
 def _optimizer(net: nn.Cell, cfg: Config, lr: np.ndarray) -> nn.Optimizer:
-    """Momentum with the per-step rates ``lr``; no weight decay on BN and biases (1-D)."""
+    """Momentum with the per-step rates ``lr``; no weight decay on BN and biases (1-D).
+
+    With ``train.head_lr_mult`` != 1 (fine-tuning) the classifier steps at that multiple of the
+    schedule, the usual way to let a fresh head catch up with a pretrained backbone.
+    """
     params = net.trainable_params()
-    return nn.Momentum(
-        [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.train.weight_decay},
-         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-         {"order_params": params}],
-        learning_rate=ms.Tensor(lr), momentum=cfg.train.momentum)
+    mult = cfg.train.head_lr_mult
+    is_head = [mult != 1 and p.name.startswith(CLASSIFIER_PREFIX) for p in params]
+    head = [p for p, h in zip(params, is_head) if h]
+    body = [p for p, h in zip(params, is_head) if not h]
+    groups = [{"params": [p for p in body if p.ndim > 1], "weight_decay": cfg.train.weight_decay},
+              {"params": [p for p in body if p.ndim <= 1], "weight_decay": 0.0}]
+    if head:
+        head_lr = ms.Tensor((lr * mult).astype(np.float32))
+        groups += [{"params": [p for p in head if p.ndim > 1], "weight_decay": cfg.train.weight_decay,
+                    "lr": head_lr},
+                   {"params": [p for p in head if p.ndim <= 1], "weight_decay": 0.0, "lr": head_lr}]
+    return nn.Momentum(groups + [{"order_params": params}], learning_rate=ms.Tensor(lr),
+                       momentum=cfg.train.momentum)
 
 
 def _scale_update_cell(cfg: Config) -> nn.Cell:
@@ -89,7 +123,7 @@ def build_train_cell(net: nn.Cell, cfg: Config, lr: np.ndarray) -> nn.Cell:
 
     O0 is a plain ``TrainOneStepCell``; any other level a ``LossScaledTrainStep``.
     """
-    loss = nn.WithLossCell(net, nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing))
+    loss = nn.WithLossCell(net, MaskedCrossEntropy(cfg.train.label_smoothing))
     optimizer = _optimizer(net, cfg, lr)
     if amp_level(cfg) == "O0":
         return nn.TrainOneStepCell(loss, optimizer).set_train()

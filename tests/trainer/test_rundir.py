@@ -59,3 +59,19 @@ def test_epoch_checkpoints_sort_by_number_and_prune(tmp_path):
     assert run.latest_checkpoint().name == "epoch-0010.ckpt" and len(run.epoch_checkpoints()) == 2
     run.write_best_score(3, 0.75)
     assert run.best_top1() == 0.75 and json.loads(run.best_score.read_text())["epoch"] == 3
+
+
+def test_a_reused_run_name_is_refused_unless_resumed_or_overwritten(tmp_path):
+    run = RunDir(tmp_path / "demo")
+    run.claim(resuming=False, overwrite=False)              # a new folder: nothing to refuse
+    _write_log(run, [_window(1, 2)])
+    run.epoch_checkpoint(1).parent.mkdir(parents=True)
+    run.epoch_checkpoint(1).write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"already holds a run \(train.jsonl, 1 epoch checkpoint\(s\)\): "
+                                         r"resume it with train.resume=auto, start another with a "
+                                         r"new name=, or replace it with train.overwrite=true"):
+        run.claim(resuming=False, overwrite=False)
+    run.claim(resuming=True, overwrite=False)               # a resume continues the run
+    assert run.log.is_file()
+    run.claim(resuming=False, overwrite=True)               # overwrite clears the old run
+    assert not run.holds_a_run() and not run.log.exists()

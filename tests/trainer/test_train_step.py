@@ -11,9 +11,10 @@ import pytest
 from mindspore import nn
 
 from trainer.config import ConfigError, load_config
+from trainer.data import IGNORE_LABEL
 from trainer.model import TemporalBlock
 from trainer.precision import amp_level, cast_network
-from trainer.train_step import build_train_cell, run_step
+from trainer.train_step import MaskedCrossEntropy, build_train_cell, run_step
 
 from tests.trainer.test_config import DEMO
 
@@ -40,13 +41,13 @@ class ShallowStNet(nn.Cell):
         return self.fc(x.reshape(batch, segments, -1).max(axis=1))
 
 
-def _batch():
+def _batch(labels=(0, 1, 2, 3)):
     rng = np.random.default_rng(0)
     clip = rng.standard_normal((4, SEGMENTS, 6, 32, 32)).astype(np.float32)
-    return ms.Tensor(clip), ms.Tensor(np.array([0, 1, 2, 3], np.int32))
+    return ms.Tensor(clip), ms.Tensor(np.array(labels, np.int32))
 
 
-def _one_step(*overrides):
+def _one_step(*overrides, labels=(0, 1, 2, 3)):
     """Weights before and after one step of a freshly seeded shallow net, and the step result."""
     cfg = load_config(DEMO, [*SETTINGS, *overrides])
     ms.set_seed(0)
@@ -54,7 +55,7 @@ def _one_step(*overrides):
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
     net = cast_network(net, cfg)
     cell = build_train_cell(net, cfg, LR)
-    result = run_step(cell, *_batch())
+    result = run_step(cell, *_batch(labels))
     after = {p.name: p.asnumpy() for p in net.trainable_params()}
     return before, after, result
 
@@ -88,6 +89,25 @@ def test_overflowing_step_is_skipped_and_the_dynamic_scale_halves():
 def test_o0_step_reports_no_scaling():
     _, _, result = _one_step("train.amp_level=O0")
     assert not result.skipped and result.loss_scale == 1.0 and np.isfinite(result.loss)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_loss_is_the_mean_over_the_samples_the_loader_did_not_flag(smoothing):
+    logits = ms.Tensor(np.random.default_rng(0).standard_normal((4, CLASSES)).astype(np.float32))
+    flagged = ms.Tensor(np.array([0, IGNORE_LABEL, 2, 3], np.int32))
+    kept = nn.CrossEntropyLoss(label_smoothing=smoothing)(logits[ms.Tensor([0, 2, 3])],
+                                                          ms.Tensor(np.array([0, 2, 3], np.int32)))
+    loss = MaskedCrossEntropy(smoothing)
+    assert float(loss(logits, flagged).asnumpy()) == pytest.approx(float(kept.asnumpy()), rel=1e-6)
+    assert float(loss(logits, ms.Tensor(np.full(4, IGNORE_LABEL, np.int32))).asnumpy()) == 0.0
+
+
+def test_a_batch_of_flagged_samples_updates_nothing():
+    """Loss 0 and zero gradients, where nn.CrossEntropyLoss's mean over no sample is NaN and
+    would have put NaN into every weight."""
+    before, after, result = _one_step("train.amp_level=O0", labels=(IGNORE_LABEL,) * 4)
+    assert result.loss == 0.0
+    assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
 def test_auto_precision_is_float32_on_cpu_and_o2_on_ascend():
