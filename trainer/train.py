@@ -218,9 +218,10 @@ def train(cfg: Config) -> dict:
     is_writer = rank == 0
     resume = _resume_path(cfg, run)
     run.claim(resuming=resume is not None, overwrite=cfg.train.overwrite)
-    if resume is not None and checkpoint_epoch(resume) >= cfg.train.epochs:
+    done = checkpoint_epoch(resume) if resume is not None else 0
+    if done >= cfg.train.epochs:
         logger.info("%s is finished: %s holds epoch %d of train.epochs=%d; raise train.epochs to "
-                    "extend it", run.path, resume, checkpoint_epoch(resume), cfg.train.epochs)
+                    "extend it", run.path, resume, done, cfg.train.epochs)
         return {}
     if is_writer:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -289,13 +290,13 @@ def train(cfg: Config) -> dict:
 def summary_lines(run: RunDir, last: dict, seconds: float) -> list[str]:
     """The end of a run: best and last metrics, wall time, and where the files are."""
     from trainer.plot import plot_run   # matplotlib only when a run ends
-    _, evals = run.read_log()
+    windows, evals = run.read_log() if run.log.is_file() else ([], [])
     lines = [f"run {run.path} done in {_duration(seconds)}"]
     if evals:
         top = max(evals, key=lambda r: r["top1"])
         lines.append(f"best top1 {top['top1']:.4f} top5 {top['top5']:.4f} at epoch {top['epoch']}"
                      + (f"; last top1 {last['top1']:.4f} top5 {last['top5']:.4f}" if last else ""))
-    curves = plot_run(run.path) if run.log.is_file() and run.read_log()[0] else None
+    curves = plot_run(run.path) if windows else None
     lines += [f"best weights {run.best_weights}" if run.best_weights.is_file()
               else "no evaluation yet: no best.ckpt",
               f"log {run.log}" + (f", curves {curves}" if curves else "")]
