@@ -143,6 +143,17 @@ def _resize(plane: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(plane, size, interpolation=cv2.INTER_AREA)
 
 
+def _even_luma(plane: np.ndarray) -> np.ndarray:
+    """``plane`` as a view into an edge-padded copy of even height and width. simplejpeg's 4:2:0
+    plane encoder reads the luma plane to even dimensions, so for an odd stored size (455x256,
+    a 16:9 source at short side 256) it read past the array: the JPEG bytes changed from run to
+    run, by up to 16 grey levels at the right or bottom edge."""
+    height, width = plane.shape
+    if height % 2 == 0 and width % 2 == 0:
+        return plane
+    return np.pad(plane, ((0, height % 2), (0, width % 2)), mode="edge")[:height, :width]
+
+
 def encode_frame(frame: av.VideoFrame, size: tuple[int, int], quality: int,
                  turn: Orientation = UPRIGHT, chroma: str = CHROMA_420) -> bytes:
     """Turn a decoded frame upright, resize it (area filter) to ``size`` = (w, h) of the turned
@@ -154,7 +165,7 @@ def encode_frame(frame: av.VideoFrame, size: tuple[int, int], quality: int,
         chroma = planes[height:].reshape(2, height // 2, width // 2)
         chroma_size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
         return simplejpeg.encode_jpeg_yuv_planes(
-            cv2.LUT(_resize(turn.apply(planes[:height]), size), _Y_LUT),
+            _even_luma(cv2.LUT(_resize(turn.apply(planes[:height]), size), _Y_LUT)),
             cv2.LUT(_resize(turn.apply(chroma[0]), chroma_size), _C_LUT),
             cv2.LUT(_resize(turn.apply(chroma[1]), chroma_size), _C_LUT), quality=quality)
     rgb = _resize(turn.apply(frame.to_ndarray(format="rgb24")), size)

@@ -86,6 +86,21 @@ def test_planar_route_matches_the_rgb_route(tmp_path, size):
     assert np.abs(planar.mean(axis=(0, 1)) - via_rgb.mean(axis=(0, 1))).max() < 3
 
 
+@pytest.mark.parametrize("size", [(85, 64), (86, 63), (85, 63)])
+def test_planar_route_is_repeatable_at_odd_sizes(tmp_path, size):
+    """The same frame encodes to the same bytes whatever memory lies after its planes (the
+    plane encoder reads the luma plane to even dimensions)."""
+    path = bad_videos.good(tmp_path / "v.mp4", num_frames=2, width=160, height=120)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+    encoded = set()
+    for junk in range(0, 256, 17):   # freed blocks of other contents for the next planes to reuse
+        scratch = [np.full(size[0] * size[1] + 64 * k, junk, np.uint8) for k in range(8)]
+        del scratch
+        encoded.add(encode_frame(frame, size, 90))
+    assert len(encoded) == 1
+
+
 def _clip_frames(num_frames: int = 48, width: int = 64, height: int = 48) -> np.ndarray:
     return render_video(1, np.random.default_rng(2), SynthSpec(num_frames, width, height))
 
