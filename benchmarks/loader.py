@@ -5,20 +5,22 @@ crop and flip, normalized) from the same JPEG frames of a converted split:
 
 - ``records``: this project: MindDataset over the shards + the ``TrainClips`` map op
   (simplejpeg, decode only the sampled frames).
-- ``reference``: the model zoo's way: one pickle per video holding its list of JPEG bytes,
-  read by a ``GeneratorDataset``, decoded with PIL, cropped/flipped per image with PIL.
+- ``reference``: the model zoo's way: one pickle per video of its JPEG bytes as its video2pkl.py
+  wrote them (protocol 2, ``benchmarks/footage.py``), read by a ``GeneratorDataset``, decoded with
+  PIL, cropped/flipped per image with PIL.
 - ``decode limit``: only the T×N simplejpeg decodes of each clip, no dataset, no crop.
 
-Each pipeline runs one map worker thread, so clips/s is per core; clips per CPU-second (process
-CPU time) is reported too. Figures are medians over ``--repeats`` passes over the videos.
+The split is ``--records`` (a converted split), or ``--videos DIR`` (every video file below it)
+converted first, or by default 24 synthetic videos (150 frames at 340x256) converted first. Each
+pipeline runs one map worker thread, so clips/s is per core; clips per CPU-second (process CPU
+time) is reported too. Figures are medians over ``--repeats`` passes over the videos.
 
-    python -m benchmarks.loader --records records/bench/train --repeats 5
+    python -m benchmarks.loader [--videos ~/my_clips | --records records/k400/train] [--repeats 5]
 """
 from __future__ import annotations
 
 import argparse
 import io
-import pickle
 import statistics
 import sys
 import tempfile
@@ -31,11 +33,18 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from datatools.schema import FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, frame_bytes
+from benchmarks.footage import convert_footage, convert_synthetic, dump_zoo_pickle, load_zoo_pickle
+from datatools.cli import positive_int, run_cli
+from datatools.manifest import Settings
+from datatools.schema import FRAMES, LABEL, NUM_FRAMES, OFFSETS, frame_bytes
+from datatools.synth import SynthSpec
 from trainer.config import Config, load_config
 from trainer.data import MEAN, STD, ClipSampler, create_dataset, records
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "stnet_r50_k400.yaml"
+# datatools.convert's defaults, as the README's recipe converts
+SETTINGS = Settings(short_side=256, quality=90, max_fps=None, videos_per_shard=64, seed=0)
+SYNTH_CLASSES, SYNTH_PER_CLASS, SYNTH_SPEC = 4, 6, SynthSpec(num_frames=150, width=340, height=256)
 
 
 def bench_config(split_dir: Path, seed: int) -> Config:
@@ -44,17 +53,18 @@ def bench_config(split_dir: Path, seed: int) -> Config:
                                 "data.batch_size=1", "data.num_workers=1", f"seed={seed}"])
 
 
-def write_pickles(cfg: Config, out: Path) -> list[Path]:
-    """The reference storage: one pickle per video of (list of JPEG bytes, label)."""
-    paths = []
-    for row in records(cfg, "train", training=False).create_dict_iterator(num_epochs=1,
-                                                                           output_numpy=True):
+def write_pickles(cfg: Config, out: Path) -> tuple[list[Path], int, int]:
+    """The reference storage: one pickle per video as video2pkl.py wrote them; the pickles, their
+    bytes and their JPEG bytes."""
+    paths, pickle_bytes, jpeg_bytes = [], 0, 0
+    rows = records(cfg, "train", training=False).create_dict_iterator(num_epochs=1, output_numpy=True)
+    for i, row in enumerate(rows):
         blob, offsets = memoryview(row[FRAMES].tobytes()), row[OFFSETS]
-        jpegs = [bytes(frame_bytes(blob, offsets, i)) for i in range(int(row[NUM_FRAMES]))]
-        path = out / f"{row[VIDEO_ID]}.pkl"
-        path.write_bytes(pickle.dumps((jpegs, int(row[LABEL])), protocol=pickle.HIGHEST_PROTOCOL))
-        paths.append(path)
-    return paths
+        jpegs = [bytes(frame_bytes(blob, offsets, j)) for j in range(int(row[NUM_FRAMES]))]
+        paths.append(out / f"{i:06d}.pkl")
+        pickle_bytes += dump_zoo_pickle(paths[-1], f"{i:06d}", int(row[LABEL]), jpegs)
+        jpeg_bytes += len(blob)
+    return paths, pickle_bytes, jpeg_bytes
 
 
 class ReferenceClips:
@@ -68,11 +78,11 @@ class ReferenceClips:
         self.std = np.asarray(STD, np.float32)
 
     def __call__(self, path):
-        jpegs, label = pickle.loads(Path(str(path)).read_bytes())
+        _, label, jpegs = load_zoo_pickle(str(path))
         indices = self.sampler.train_indices(len(jpegs), self.rng)
         images = [Image.open(io.BytesIO(jpegs[i])).convert("RGB") for i in indices.ravel()]
         width, height = images[0].size
-        if min(width, height) != self.short_side:
+        if self.short_side and min(width, height) != self.short_side:     # 0: as stored
             scale = self.short_side / min(width, height)
             width, height = round(width * scale), round(height * scale)
             images = [im.resize((width, height), Image.BILINEAR) for im in images]
@@ -122,23 +132,29 @@ def run_decode_limit(cfg: Config, videos: list[tuple[memoryview, np.ndarray]], e
     return len(videos)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=Path, default=Path("records/bench/train"),
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.split("\n\n")[0])
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--videos", type=Path, default=None,
+                        help="a folder of your own videos (every video file below it), converted first")
+    source.add_argument("--records", type=Path, default=None,
                         help="a converted split folder (datatools.convert --out)")
-    parser.add_argument("--repeats", type=int, default=5, help="passes per pipeline (median)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        print(f"error: --repeats must be >= 1, got {args.repeats}", file=sys.stderr)
-        return 2
-    if not args.records.is_dir():
-        print(f"error: --records not found: {args.records} (convert a split first)", file=sys.stderr)
-        return 2
+    p.add_argument("--repeats", type=positive_int, default=5, help="passes per pipeline (median)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.records is not None and not args.records.is_dir():
+        raise FileNotFoundError(f"--records not found: {args.records} (convert a split first)")
     ds.config.set_num_parallel_workers(1)
-    cfg = bench_config(args.records, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        pickles = write_pickles(cfg, Path(tmp))
+        tmp = Path(tmp)
+        split = args.records or (convert_footage(args.videos, tmp, SETTINGS) if args.videos else
+                                 convert_synthetic(tmp, SYNTH_CLASSES, SYNTH_PER_CLASS, SYNTH_SPEC, SETTINGS))
+        cfg = bench_config(split, args.seed)
+        (tmp / "pickles").mkdir()
+        pickles, pickle_bytes, jpeg_bytes = write_pickles(cfg, tmp / "pickles")
         videos = [(memoryview(r[FRAMES].tobytes()), r[OFFSETS]) for r in records(
             cfg, "train", training=False).create_dict_iterator(num_epochs=1, output_numpy=True)]
         pipelines = {
@@ -156,13 +172,16 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     (ours, ours_cpu), (ref, ref_cpu), (limit, limit_cpu) = (results[n] for n in pipelines)
     first = videos[0][1]
-    print(f"{len(videos)} videos, clip T={cfg.data.num_segments} N={cfg.data.frames_per_segment} "
+    source = args.records or args.videos or f"synthetic, {SYNTH_SPEC.width}x{SYNTH_SPEC.height}"
+    print(f"{len(videos)} videos ({source}), clip T={cfg.data.num_segments} N={cfg.data.frames_per_segment} "
           f"crop={cfg.data.crop_size}, {len(first) - 1} frames in the first video, "
           f"{args.repeats} passes, 1 worker thread")
+    print(f"reference pickles (protocol 2): {pickle_bytes / 1e6:.1f} MB for {jpeg_bytes / 1e6:.1f} MB of "
+          f"JPEG ({pickle_bytes / jpeg_bytes:.2f}x)")
     print(f"records/reference = {ours / ref:.2f}x wall, {ours_cpu / ref_cpu:.2f}x CPU; "
           f"records/decode limit = {ours / limit:.2f} wall, {ours_cpu / limit_cpu:.2f} CPU")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(build_parser(), main))

@@ -26,6 +26,7 @@ from datatools import schema
 from datatools.cli import positive_int, run_cli
 from datatools.manifest import (FileDigest, ManifestRow, ShardFiles, read_digests,
                                 read_manifest, read_rows, shard_index)
+from datatools.pages import disk_bytes
 from datatools.verify import ShardCheck, ShardJob, check_shards
 
 __all__ = ["SplitReport", "inspect_split", "report_lines", "contact_sheet", "pick_videos", "row_label",
@@ -41,8 +42,9 @@ class SplitReport:
     ok: int = 0
     failed: Counter = field(default_factory=Counter)
     frames: int = 0
-    jpeg_bytes: int = 0
-    disk_bytes: int = 0
+    jpeg_bytes: int = 0             # the payload: JPEG frames as the manifest lists them
+    allocated_bytes: int = 0        # of the shard files (records and .db) on disk
+    apparent_bytes: int = 0         # ... as their sizes say: holes included (docs/design.md §8)
     by_resolution: dict = field(default_factory=dict)   # "WxH" -> (videos, frames, bytes)
     shards: int = 0
     problems: list[str] = field(default_factory=list)
@@ -83,7 +85,9 @@ def _present_shards(split_dir: Path, expected: dict[int, dict[str, int]],
             _problem(report, shard, f"{files.record.name}: missing, the manifest lists {len(labels)} videos")
             continue
         present.append(shard)
-        report.disk_bytes += sum(p.stat().st_blocks * 512 for p in (files.record, files.db) if p.is_file())
+        allocated, apparent = disk_bytes((files.record, files.db))
+        report.allocated_bytes += allocated
+        report.apparent_bytes += apparent
     report.shards = len(present)
     return present
 
@@ -136,9 +140,14 @@ def report_lines(report: SplitReport) -> list[str]:
     if report.ok:
         lines.append(f"bytes/video {report.jpeg_bytes / report.ok:.0f}, bytes/frame "
                      f"{report.jpeg_bytes / max(report.frames, 1):.0f}, frames/video "
-                     f"{report.frames / report.ok:.1f}, on disk {report.disk_bytes / 1e6:.2f} MB")
+                     f"{report.frames / report.ok:.1f}")
     lines += [f"  source {res}: {v} videos, {b / max(f, 1):.0f} bytes/frame"
               for res, (v, f, b) in report.by_resolution.items()]
+    if report.shards:
+        lines.append(f"shard files: {report.apparent_bytes / 1e6:.2f} MB apparent, "
+                     f"{report.allocated_bytes / 1e6:.2f} MB allocated (apparent/allocated "
+                     f"{report.apparent_bytes / max(report.allocated_bytes, 1):.3f}), "
+                     f"{report.jpeg_bytes / 1e6:.2f} MB payload")
     lines += [f"BAD {p}" for p in report.problems]
     lines.append(f"verified: every shard matches the manifest ({', '.join(report.checked)})"
                  if not report.problems else

@@ -43,8 +43,9 @@ META_SHARDS = b"stnet_records.shards"          # JSON {file name: FileDigest} of
 HASH_BLOCK = 1 << 20                            # bytes read at a time when hashing a file
 
 MB = 1 << 20
-MIN_PAGE, MAX_PAGE = 1 << 15, 1 << 28          # MindRecord's limits; sizes must be powers of two
-DEFAULT_PAGE = 1 << 25                          # 32 MiB: a 10 s clip at short side 256 fits easily
+MIN_PAGE, MAX_PAGE = 1 << 15, 1 << 28          # MindRecord's limits; --page-mb takes powers of two
+# 32 MiB: a 10 s clip at short side 256 fits easily, ~6 of 5.5 MB fill a page (docs/design.md §8)
+DEFAULT_PAGE = 1 << 25
 LARGER_PAGE = "convert with a larger --page-mb"  # the fix named by every too-large reason
 CHROMA_420 = "420"
 CHROMA_SUBSAMPLINGS = (CHROMA_420, "422", "444")   # JPEG chroma subsampling of stored frames

@@ -10,30 +10,28 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
 import shutil
 import traceback
 from enum import Enum, auto
 from pathlib import Path
+from typing import BinaryIO
 
 from mindspore.mindrecord import FileWriter
 
 from datatools import schema
 from datatools.manifest import (LARGER_PAGE, STATUS_OK, DoneMarker, FileDigest, ManifestRow, Reason,
                                 Settings, ShardFiles, source_stamp)
+from datatools.pages import header_size, sample_bytes, write_calls
 from datatools.plan import ShardTask, VideoTask
 from datatools.verify import check_samples
 from datatools.video import EncodedVideo, VideoError, encode_video
 
-__all__ = ["ShardRows", "NoSpaceError", "Verdict", "header_size", "sample_bytes", "convert_shard",
-           "no_space_error", "shard_verdict", "clear_shard"]
+__all__ = ["ShardRows", "NoSpaceError", "Verdict", "convert_shard", "no_space_error", "shard_verdict",
+           "clear_shard"]
 
 log = logging.getLogger(__name__)
 
-MIN_HEADER, MAX_HEADER = 1 << 14, 1 << 27
-HEADER_BYTES_PER_PAGE = 512                     # page metadata in the header, generous
-SAMPLE_OVERHEAD = 1024                          # per-sample bytes besides frames and offsets
 RESUMES = "the run resumes where it stopped"
 # MindRecord's writer refuses to write while the disk has less than 10 MiB free ("No free disk to be
 # used while writing mindrecord files, available free disk size: 9", in whole MiB).
@@ -111,17 +109,6 @@ def _changed_sources(task: ShardTask, marker: DoneMarker) -> list[str]:
             if row.retryable and marker.sources.get(row.video_id) != source_stamp(planned[row.video_id])]
 
 
-def header_size(page_size: int, videos_per_shard: int) -> int:
-    """Header bytes for the most pages a shard can take (one per video, plus the scalar fields)."""
-    pages = videos_per_shard + 2
-    return min(1 << math.ceil(math.log2(MIN_HEADER + pages * HEADER_BYTES_PER_PAGE)), MAX_HEADER)
-
-
-def sample_bytes(num_frames: int, frame_bytes: int) -> int:
-    """Bytes one video's sample takes in a page."""
-    return frame_bytes + 8 * (num_frames + 1) + SAMPLE_OVERHEAD
-
-
 def convert_shard(task: ShardTask) -> ShardRows:
     """Convert the shard's videos, write and verify its MindRecord file, then mark it done.
 
@@ -148,8 +135,8 @@ def no_space_error(exc: BaseException, path: Path, page_size: int) -> NoSpaceErr
 
     MindRecord's writer reports a full disk as a RuntimeError without errno ("No free disk...",
     "Failed to write file", SQLite's "database or disk is full"): for errors without errno the
-    free space decides. MindRecord refuses to write below MINDRECORD_MIN_FREE, and a write batch
-    needs up to two pages more.
+    free space decides. MindRecord refuses to write below MINDRECORD_MIN_FREE, and a write stopped
+    by a full disk leaves less than two pages more than that.
     """
     code = getattr(exc, "errno", None)
     if isinstance(exc, OSError) and code == errno.EFBIG:
@@ -219,18 +206,18 @@ def _write_record(files: ShardFiles, spooled: list[tuple[dict, int, int]],
 
 def _write_samples(writer: FileWriter, spool_path: Path, spooled: list[tuple[dict, int, int]],
                    page: int) -> None:
-    """Add the spooled samples with their frames, about a page of frames per write call."""
+    """Add the spooled samples with their frames in the calls and order of ``write_calls``: pages
+    filled, and the raw page last unless the shard is too big to hold at once (datatools/pages.py)."""
+    sizes = [sample_bytes(sample[schema.NUM_FRAMES], n) for sample, _, n in spooled]
     with open(spool_path, "rb") as spool:
-        batch, batch_bytes = [], 0
-        for sample, offset, n in spooled:
-            spool.seek(offset)
-            batch.append({**sample, schema.FRAMES: spool.read(n)})
-            batch_bytes += n
-            if batch_bytes >= page:
-                writer.write_raw_data(batch)
-                batch, batch_bytes = [], 0
-        if batch:
-            writer.write_raw_data(batch)
+        for call in write_calls(sizes, page):
+            writer.write_raw_data([{**spooled[i][0], schema.FRAMES: _read(spool, *spooled[i][1:])}
+                                   for i in call])
+
+
+def _read(spool: BinaryIO, offset: int, size: int) -> bytes:
+    spool.seek(offset)
+    return spool.read(size)
 
 
 def _synced_digests(files: ShardFiles) -> dict[str, FileDigest]:

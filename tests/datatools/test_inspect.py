@@ -21,6 +21,12 @@ def test_inspect_verifies_tiny_records_and_draws_a_sheet(tiny_records, tmp_path,
                                           "--sheet", str(sheet)]) == 0
     out = capsys.readouterr().out
     assert "videos: 16 ok, 0 failed, in 4 shards" in out
+    stats = [p.stat() for p in tiny_records.split("train").glob("shard-*.mindrecord*")]   # records and .db
+    apparent, allocated = sum(st.st_size for st in stats), sum(st.st_blocks * 512 for st in stats)
+    payload = sum(row.bytes for row in read_rows(tiny_records.split("train")))
+    assert len(stats) == 8 and payload < allocated < apparent        # 32 MiB pages, a few videos each
+    assert f"shard files: {apparent / 1e6:.2f} MB apparent, {allocated / 1e6:.2f} MB allocated " \
+           f"(apparent/allocated {apparent / allocated:.3f}), {payload / 1e6:.2f} MB payload" in out
     assert "verified: every shard matches the manifest (ids, labels, checksums, digests, " \
            "every JPEG decodes)" in out
     assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.stat().st_size > 20_000

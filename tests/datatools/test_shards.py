@@ -1,19 +1,24 @@
-"""Shard assignment, header sizing and the shared tiny_records set as the trainer reads it."""
+"""Shard assignment, page layout and header sizing, and the shared tiny_records set as the trainer
+reads it."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 
+import mindspore.dataset as ds
 import numpy as np
 import pytest
 import simplejpeg
 from mindspore.mindrecord import FileReader, FileWriter
 
-from datatools import schema
+from datatools import schema, shards
 from datatools.convert import plan_shards
 from datatools.kinetics import read_csv
-from datatools.manifest import MIN_PAGE, STATUS_OK, read_rows
-from datatools.plan import assign_shards
-from datatools.shards import MIN_HEADER, header_size
+from datatools.manifest import (MB, MIN_PAGE, STATUS_OK, DoneMarker, FileDigest, Settings, ShardFiles,
+                                read_rows)
+from datatools.pages import MIN_HEADER, ONE_CALL_PAGES, header_size, pack_pages, sample_bytes, write_calls
+from datatools.plan import ShardTask, VideoTask, assign_shards
+from datatools.video import EncodedVideo
 from tests.datatools.test_convert import read_split
 
 # A skewed class list: one big class, a few mid-sized ones, a singleton, as Kinetics' tail is.
@@ -81,6 +86,97 @@ def test_header_size_holds_a_page_per_video_where_the_minimum_header_does_not(tm
     assert header > MIN_HEADER
     with pytest.raises(RuntimeError):
         _write_one_page_videos(tmp_path / "small.mindrecord", count, MIN_HEADER)
+
+
+def _pages_taken(sizes: list[int], page: int) -> int:
+    """Blob pages MindRecord's writer fills with samples of ``sizes`` in this order: whole samples,
+    a new page for one that does not fit the last."""
+    pages, used = 0, page
+    for size in sizes:
+        if used + size > page:
+            pages, used = pages + 1, 0
+        used += size
+    return pages
+
+
+def test_packed_pages_are_full_where_the_plan_order_leaves_them_part_empty():
+    sizes, page = [60, 60, 45, 40, 40, 35, 20], 100
+    assert _pages_taken(sizes, page) == 4
+    pages = pack_pages(sizes, page)
+    assert sorted(i for p in pages for i in p) == list(range(len(sizes)))
+    assert [sum(sizes[i] for i in p) for p in pages] == [100, 100, 100]
+    assert all(p == sorted(p) for p in pages)               # a page keeps the given order
+    assert _pages_taken([sizes[i] for p in pages for i in p], page) == 3
+
+
+def test_packing_refuses_a_sample_larger_than_a_page():
+    with pytest.raises(ValueError, match="a sample of 101 bytes does not fit a page of 100"):
+        pack_pages([50, 101], 100)
+
+
+def test_a_shard_is_one_write_call_unless_it_takes_more_than_one_call_pages():
+    assert write_calls([50] * 8, 100) == [list(range(8))]
+    assert write_calls([60] * (ONE_CALL_PAGES + 1), 100) == [[i] for i in range(ONE_CALL_PAGES + 1)]
+
+
+def _convert_stub_shard(tmp_path, monkeypatch, frame_sizes: list[list[int]], page: int) -> ShardFiles:
+    """convert_shard over videos whose encoder returns random "JPEGs" of ``frame_sizes`` (one list
+    per video): the real spool, write, read-back verification, digests and marker, no decoding."""
+    sources = {f"v{i:03d}.mp4": sizes for i, sizes in enumerate(frame_sizes)}
+
+    def encode(source, *args, **kwargs) -> EncodedVideo:
+        rng = np.random.default_rng(int(source[1:4]))
+        return EncodedVideo([rng.bytes(n) for n in sources[source]], 25.0, 340, 256, 340, 256)
+
+    monkeypatch.setattr(shards, "encode_video", encode)
+    settings = Settings(short_side=256, quality=90, max_fps=None, videos_per_shard=len(sources), seed=0,
+                        page_size=page)
+    videos = tuple(VideoTask(i, name[:4], 0, "walk", name) for i, name in enumerate(sources))
+    rows = shards.convert_shard(ShardTask(0, str(tmp_path), videos, settings, labels_sha256=""))
+    assert [row.status for _, row in rows] == [STATUS_OK] * len(videos)
+    files = ShardFiles.of(tmp_path, 0)
+    dataset = ds.MindDataset([str(files.record)], columns_list=[schema.VIDEO_ID], shuffle=False)
+    assert sorted(str(r[schema.VIDEO_ID]) for r in dataset.create_dict_iterator(output_numpy=True)) == \
+        sorted(v.video_id for v in videos)
+    assert DoneMarker.read(files.done).files == {p.name: FileDigest.of(p) for p in (files.record, files.db)}
+    return files
+
+
+SCALED_PAGE = 4 * MB
+
+
+def _synthetic_like(rng: np.random.Generator) -> list[list[int]]:
+    """benchmarks/shards.py's full case (64 synthetic videos of 300 frames at 340x256, q90: 18.29
+    KB a frame, video sizes within 0.6%; 32 MiB pages) scaled down 8 times: 4 MiB pages, 37
+    frames of 18.54 KB, so as many videos per page and pages per shard."""
+    return [[round(18_540 * scale)] * 37 for scale in rng.normal(1, 0.006, 64)]
+
+
+def _kinetics_like(rng: np.random.Generator) -> list[list[int]]:
+    """The same scaling of Kinetics-like videos: 250-300 frames of 15-25 KB, by video."""
+    return [[round(size)] * n for n, size in zip(rng.integers(31, 38, 64), rng.uniform(15e3, 25e3, 64))]
+
+
+@pytest.mark.parametrize("videos", [_synthetic_like, _kinetics_like])
+def test_a_shard_is_its_header_the_fewest_pages_it_fits_in_and_the_raw_page(videos, tmp_path,
+                                                                           monkeypatch):
+    """Nothing but the last blob page's tail is a hole: every other page is full (the packing) and
+    the raw page (~100 bytes a video) comes last, not in a page-sized slot mid-file (one call)."""
+    frame_sizes = videos(np.random.default_rng(1))
+    files = _convert_stub_shard(tmp_path, monkeypatch, frame_sizes, SCALED_PAGE)
+    fewest = math.ceil(sum(sample_bytes(len(f), sum(f)) for f in frame_sizes) / SCALED_PAGE)
+    count = len(frame_sizes)
+    raw = files.record.stat().st_size - header_size(SCALED_PAGE, count) - fewest * SCALED_PAGE
+    assert 0 < raw < 200 * count
+
+
+def test_a_shard_too_big_for_one_call_is_written_a_page_a_call_and_reads_back(tmp_path, monkeypatch):
+    calls = []
+    write = FileWriter.write_raw_data
+    monkeypatch.setattr(FileWriter, "write_raw_data",
+                        lambda self, data: calls.append(len(data)) or write(self, data))
+    _convert_stub_shard(tmp_path, monkeypatch, [[1500] * 3] * 5 * (ONE_CALL_PAGES + 1), MIN_PAGE)
+    assert len(calls) > ONE_CALL_PAGES and max(calls) == 5          # a page of 5 videos a call
 
 
 def test_tiny_records_match_the_csv_and_stored_sizes(tiny_records):
