@@ -3,44 +3,50 @@
 The videos come from a Kinetics CSV (``--csv``) or a labelled list (``--list``: a plain list,
 UCF101 or HMDB51 split files, ``datatools.lists``). Every entry becomes one manifest row, ``ok`` or
 ``failed`` with a one-line reason; bad videos never stop the run. ``datatools.plan`` decides the
-shards; each joblib task owns one shard end to end (``datatools.shards``: decode, encode, write,
+shards; each task owns one shard end to end (``datatools.shards``: decode, encode, write,
 verify, mark done), so no frame data passes through this process, which only runs the tasks and
 reports. One converter at a time holds the output folder (``datatools.lock``). Re-running the same
 command keeps the shards marked done whose files still match their digests, redoes the rest, and
 retries videos that failed for a reason that can change once their source file changed; a resume
 must use the same settings and the same label file. A full disk stops the run with one line; it
 resumes where it stopped.
+
+The tasks run on joblib's local workers or on a Dask cluster (``datatools.cluster``), which
+writes onto storage this process shares. With ``--upload obs://bucket/prefix`` each task pushes
+its shard to OBS as soon as it is marked done, from the machine that wrote it
+(``datatools.sync.SplitPush``), and returns its done marker, so the manifest is written here even
+when this machine does not see the workers' disks; then the label file and the manifest follow.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-
-import joblib
 
 from datatools import schema
 from datatools.cli import non_negative_int, positive_int, run_cli
+from datatools.cluster import BACKENDS, DASK, ENV_SCHEDULER, Pool, open_pool
 from datatools.lists import LIST_FORMS, read_entries
 from datatools.lock import output_lock
 from datatools.manifest import (CHROMA_420, CHROMA_SUBSAMPLINGS, DEFAULT_PAGE, MANIFEST_NAME, MB, DoneMarker,
                                 FileDigest, ManifestRow, Settings, ShardFiles, write_manifest)
+from datatools.pages import disk_bytes
 from datatools.plan import ShardTask, plan_shards
-from datatools.shards import ShardRows, Verdict, clear_shard, convert_shard, no_space_error, shard_verdict
+from datatools.shards import Verdict, clear_shard, convert_shard, no_space_error, shard_verdict
+from datatools.sync import SplitPush
 
 __all__ = ["ConvertResult", "convert", "summary_lines", "main"]
 
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 5.0  # at most one progress line per this many seconds
-# Backends whose tasks have all stopped once joblib raises (it kills or joins its local workers),
-# so the shards they left unfinished can be removed; a cluster's tasks may still be running.
-LOCAL_BACKENDS = frozenset({"loky", "multiprocessing", "threading", "sequential"})
 
 
 @dataclass
@@ -61,9 +67,10 @@ class ConvertResult:
 
 @dataclass
 class _Resume:
-    """What an existing output means for this run: rows kept, shards to (re)do, videos retried."""
+    """What an existing output means for this run: shards kept (their markers by shard index),
+    shards to (re)do, videos retried."""
 
-    kept: ShardRows
+    kept: dict[int, DoneMarker]
     todo: list[ShardTask]
     damaged: int
     retried: set[str]
@@ -71,11 +78,13 @@ class _Resume:
 
 def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: str | Path,
             out_dir: str | Path, settings: Settings, workers: int = 1, backend: str = "loky",
-            decode_threads: int = 0, video_list: str | None = None) -> ConvertResult:
+            decode_threads: int = 0, video_list: str | None = None, scheduler: str | None = None,
+            upload: SplitPush | None = None) -> ConvertResult:
     """Convert one split of ``csv_path`` or, with ``csv_path=None``, of ``video_list`` (a
-    ``datatools.lists`` spec); see the module docstring. Raises ValueError/FileNotFoundError for
-    unusable inputs before anything is written, OutputLocked while another converter holds
-    ``out_dir``, NoSpaceError when the disk fills."""
+    ``datatools.lists`` spec); see the module docstring. ``backend="dask"`` runs the tasks on the
+    cluster of the scheduler at ``scheduler``, else on a LocalCluster of ``workers`` processes;
+    ``upload`` pushes the split to OBS as it converts. Raises ValueError/FileNotFoundError for unusable inputs before anything is written,
+    OutputLocked while another converter holds ``out_dir``, NoSpaceError when the disk fills."""
     settings.check()
     if not Path(videos_root).is_dir():
         raise FileNotFoundError(f"--videos folder not found: {videos_root}")
@@ -88,19 +97,28 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
     out_dir = Path(out_dir)
     tasks, pre_failed = plan_shards(entries, {n: i for i, n in enumerate(names)}, videos_root,
                                     out_dir, settings, labels_sha256, decode_threads)
-    with output_lock(out_dir):
+    if upload is not None:
+        upload.check(Path(labels_path))
+    with open_pool(backend, workers, scheduler) as pool, output_lock(out_dir):
         resume = _resume(tasks, Path(labels_path), workers)
+        if upload is not None:
+            upload.start(out_dir, sorted(resume.kept), bool(resume.todo), workers)
         total = sum(len(t.videos) for t in resume.todo)
         log.info("%d videos in %d shards: %d shards already done, converting %d videos in %d shards "
-                 "with %d worker(s) (%s)", len(entries) - len(pre_failed), len(tasks),
-                 len(tasks) - len(resume.todo), total, len(resume.todo), workers, backend)
+                 "on %s", len(entries) - len(pre_failed), len(tasks), len(tasks) - len(resume.todo),
+                 total, len(resume.todo), pool)
         start = time.perf_counter()
-        ordered = pre_failed + resume.kept + _run(resume.todo, workers, backend, total, start)
+        markers = [*resume.kept.values(), *_run(resume.todo, pool, upload, total, start)]
         seconds = time.perf_counter() - start
+        ordered = pre_failed + [pair for marker in markers for pair in marker.rows]
         rows = [row for _, row in sorted(ordered, key=lambda pair: pair[0])]
-        _write_manifest(rows, out_dir, settings, tasks, **source, labels=str(labels_path),
+        _write_manifest(rows, out_dir, settings, markers, **source, labels=str(labels_path),
                         labels_sha256=labels_sha256)
-    real, apparent = _disk_bytes(out_dir, tasks)
+        if upload is not None:
+            upload.finish(out_dir, Path(labels_path))
+    # MindRecord files are sparse: allocated and apparent sizes differ.
+    real, apparent = disk_bytes(path for t in tasks for files in [ShardFiles.of(out_dir, t.index)]
+                                for path in (files.record, files.db))
     retried_ok = sum(r.ok for r in rows if r.video_id in resume.retried)
     return ConvertResult(rows, len(tasks) - len(resume.todo), len(resume.todo), total, seconds, real,
                          apparent, resume.damaged, len(resume.retried), retried_ok)
@@ -116,10 +134,10 @@ def _resume(tasks: list[ShardTask], labels_path: Path, workers: int) -> _Resume:
             _check_same_inputs(task, marker, labels_path)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         verdicts = list(pool.map(shard_verdict, tasks, markers))
-    resume = _Resume([], [], 0, set())
+    resume = _Resume({}, [], 0, set())
     for task, marker, (verdict, retry) in zip(tasks, markers, verdicts):
         if verdict is Verdict.KEEP:
-            resume.kept.extend(marker.rows)
+            resume.kept[task.index] = marker
         else:
             resume.todo.append(task)
         resume.damaged += verdict is Verdict.DAMAGED
@@ -143,35 +161,43 @@ def _check_same_inputs(task: ShardTask, marker: DoneMarker, labels_path: Path) -
                          f"the original label file or a new --out")
 
 
-def _run(todo: list[ShardTask], workers: int, backend: str, total: int, start: float) -> ShardRows:
-    """Convert the shards in parallel joblib tasks; their rows as they finish. When one fails,
-    joblib stops the others mid-shard: with a local backend their partial files are removed here."""
-    rows: ShardRows = []
+def _run(todo: list[ShardTask], pool: Pool, upload: SplitPush | None, total: int,
+         start: float) -> list[DoneMarker]:
+    """Convert the shards in parallel tasks; their markers as they finish. When one fails, the
+    pool stops the others (``Pool.stop``); once none runs, their partial files are removed here."""
+    markers: list[DoneMarker] = []
     if not todo:
-        return rows
+        return markers
     progress = _Progress(total, start)
     try:
-        with joblib.parallel_config(backend=backend, n_jobs=workers):
-            results = joblib.Parallel(return_as="generator_unordered")(
-                joblib.delayed(convert_shard)(t) for t in todo)
-            for shard_rows in results:
-                rows.extend(shard_rows)
-                progress.update(len(shard_rows))
+        for marker in pool.imap_unordered(partial(_shard_job, upload=upload), todo,
+                                          [f"shard {t.index}" for t in todo]):
+            markers.append(marker)
+            progress.update(len(marker.rows))
     except BaseException:
-        if backend in LOCAL_BACKENDS:
+        if pool.stop():
             for t in todo:
                 if not ShardFiles.of(t.out_dir, t.index).done.is_file():
                     clear_shard(t.out_dir, t.index)
         raise
-    return rows
+    return markers
+
+
+def _shard_job(task: ShardTask, upload: SplitPush | None) -> DoneMarker:
+    """One shard in a worker: convert it, push it when uploading, return its marker. The folder
+    is made here for a worker on a machine that does not share this one's disk."""
+    os.makedirs(task.out_dir, exist_ok=True)
+    convert_shard(task)
+    files = ShardFiles.of(task.out_dir, task.index)
+    if upload is not None:
+        upload.shard(files)
+    return DoneMarker.read(files.done)
 
 
 def _write_manifest(rows: list[ManifestRow], out_dir: Path, settings: Settings,
-                    tasks: list[ShardTask], **meta: str) -> None:
+                    markers: list[DoneMarker], **meta: str) -> None:
     """The manifest with every shard's digests from its marker; a full disk is NoSpaceError."""
-    digests: dict[str, FileDigest] = {}
-    for t in tasks:
-        digests.update(DoneMarker.read(ShardFiles.of(out_dir, t.index).done).files)
+    digests = {name: digest for marker in markers for name, digest in marker.files.items()}
     try:
         write_manifest(rows, out_dir, settings, digests, **meta)
     except (OSError, RuntimeError) as exc:
@@ -197,19 +223,6 @@ class _Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         log.info("%d/%d videos (%.0f%%), %.1f videos/s, ETA %.0f s", self.done, self.total,
                  100.0 * self.done / max(self.total, 1), rate, eta)
-
-
-def _disk_bytes(out_dir: Path, tasks: list[ShardTask]) -> tuple[int, int]:
-    """(allocated, apparent) bytes of the shard files: MindRecord files are sparse."""
-    real = apparent = 0
-    for t in tasks:
-        files = ShardFiles.of(out_dir, t.index)
-        for path in (files.record, files.db):
-            if path.is_file():
-                st = path.stat()
-                real += st.st_blocks * 512
-                apparent += st.st_size
-    return real, apparent
 
 
 def summary_lines(result: ConvertResult) -> list[str]:
@@ -250,41 +263,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chroma", default=CHROMA_420, choices=CHROMA_SUBSAMPLINGS,
                    help="JPEG chroma subsampling of the stored frames (default 420: half the "
                         "bytes of 444)")
-    p.add_argument("--workers", type=positive_int, default=1, help="parallel shard tasks")
-    p.add_argument("--videos-per-shard", type=int, default=64)
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="parallel shard tasks; with --backend dask and no --scheduler the processes "
+                        "of a LocalCluster (a scheduler's cluster runs as many as it has threads)")
+    p.add_argument("--videos-per-shard", type=int, default=64,
+                   help="videos per shard file (default 64). A shard of up to 32 pages is written "
+                        "in one call, filling each page before the next, so a worker holds its "
+                        "frames several times over: ~1.6 GB at 64 Kinetics-sized videos")
     p.add_argument("--page-mb", type=float, default=DEFAULT_PAGE / MB,
                    help="MindRecord page size in MiB, a power of two, the same for every shard of "
                         f"a split; a video must fit in one (default {DEFAULT_PAGE // MB}: any 10 s "
                         "clip at short side 256; 1 suits small demo videos)")
     p.add_argument("--seed", type=int, default=0, help="shard assignment seed")
-    p.add_argument("--backend", default="loky",
-                   help="joblib backend: loky (default), threading, multiprocessing, or dask "
-                        "(a cluster writing onto shared storage)")
+    p.add_argument("--backend", default=None,
+                   help="where the tasks run: joblib's loky (default), threading, multiprocessing or "
+                        "sequential, or dask (the cluster of --scheduler, else a LocalCluster of "
+                        "--workers processes)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the tasks on the Dask cluster of this scheduler (tcp://host:8786), "
+                        "writing onto storage shared with it or pushing with --upload; implies "
+                        f"--backend dask, which otherwise reads ${ENV_SCHEDULER}")
+    p.add_argument("--upload", default=None, metavar="OBS_URL",
+                   help="push each shard to obs://bucket/prefix as soon as it is done (from the "
+                        "worker that wrote it), then the manifest, and labels.txt beside the prefix; "
+                        "credentials from OBS_ACCESS_KEY_ID/OBS_SECRET_ACCESS_KEY[/OBS_SECURITY_TOKEN]")
+    p.add_argument("--endpoint", default=None,
+                   help="OBS endpoint for --upload (default: $OBS_ENDPOINT)")
     p.add_argument("--decode-threads", type=non_negative_int, default=0,
                    help="PyAV decoder threads per worker (0: FFmpeg decides)")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    _check_backend(args.backend)
+    backend, scheduler = _backend(args.backend, args.scheduler)
+    upload = SplitPush.to(args.upload, args.endpoint) if args.upload else None
     settings = Settings(short_side=args.short_side, quality=args.quality, max_fps=args.max_fps,
                         videos_per_shard=args.videos_per_shard, seed=args.seed,
                         chroma_subsampling=args.chroma, page_size=int(args.page_mb * MB))
     result = convert(args.csv, args.videos, args.labels, args.out, settings, workers=args.workers,
-                     backend=args.backend, decode_threads=args.decode_threads, video_list=args.list)
+                     backend=backend, decode_threads=args.decode_threads, video_list=args.list,
+                     scheduler=scheduler, upload=upload)
     print("\n".join(summary_lines(result)))
     return 0
 
 
-def _check_backend(name: str) -> None:
-    """Reject backend names joblib does not know, before anything is written.
-
-    joblib registers ``dask`` itself when dask.distributed is installed; other cluster backends
-    (e.g. ray's ``register_ray()``) must be registered by a wrapper script calling ``main``.
-    """
-    known = sorted(set(joblib.parallel.BACKENDS) | set(joblib.parallel.EXTERNAL_BACKENDS))
-    if name not in known:
-        raise ValueError(f"--backend must be one of {known}, got {name!r}")
+def _backend(backend: str | None, scheduler: str | None) -> tuple[str, str | None]:
+    """``--backend`` and the scheduler address it uses, checked before anything is written:
+    ``--scheduler`` implies dask; dask without it reads the address from the environment, and
+    starts a LocalCluster when there is none there either."""
+    backend = backend or (DASK if scheduler else "loky")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+    if backend != DASK:
+        if scheduler:
+            raise ValueError(f"--scheduler {scheduler} runs the tasks on a Dask cluster: use it "
+                             f"with --backend dask, not --backend {backend}")
+        return backend, None
+    return backend, scheduler or os.environ.get(ENV_SCHEDULER) or None
 
 
 if __name__ == "__main__":

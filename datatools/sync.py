@@ -10,7 +10,8 @@ as done: every other file first, then the shards' done markers, then manifest.pa
 phase starting once the one before is copied and verified (both ways). A destination's marker
 or manifest that would vouch for a file about to change is removed before anything is copied;
 nothing else is ever deleted. A pulled split is checked with datatools.inspect. Credentials:
-see datatools.obs.
+see datatools.obs. ``SplitPush`` applies the same order to a split while datatools.convert
+writes it (``--upload``).
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from datatools.cli import positive_int, run_cli
-from datatools.manifest import MANIFEST_NAME, ShardFiles
-from datatools.obs import Bucket, FileDigest, ObsUrl, parse_url
+from datatools.manifest import MANIFEST_NAME, DoneMarker, ShardFiles
+from datatools.obs import Bucket, FileDigest, ObsUrl, endpoint_from_env, parse_url
+from datatools.schema import LABELS_NAME
 
-__all__ = ["DATA", "MARKER", "MANIFEST", "phase_of", "Progress", "SyncResult", "sync", "main"]
+__all__ = ["DATA", "MARKER", "MANIFEST", "phase_of", "Progress", "SyncResult", "sync", "SplitPush",
+           "main"]
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +258,108 @@ def _outdated(items: list[_Item], todo: list[_Item]) -> list[_Item]:
     return [i for i in items if i.there and (
         (i.phase == MARKER and _shard(i.relative) in shards)
         or (i.phase == MANIFEST and PurePosixPath(i.relative).parent in folders))]
+
+
+@dataclass(frozen=True)
+class SplitPush:
+    """Where ``datatools.convert --upload`` pushes a split while converting it, in this module's
+    order: a shard's record and .db, then its done marker, as soon as it is marked done; the label
+    file beside the split and then the manifest at the end. It holds no client and no credential,
+    so it travels to the shard tasks: each task pushes its own shard from the machine that wrote it
+    (no shared filesystem needed), with a Bucket built from that machine's environment."""
+
+    url: ObsUrl
+    endpoint: str
+
+    @classmethod
+    def to(cls, text: str, endpoint: str | None = None) -> "SplitPush":
+        url = parse_url(text)
+        if not url.prefix:
+            raise ValueError(f"--upload {text}: give the split a folder, e.g. "
+                             f"obs://{url.bucket}/k400/train (its label file goes beside it)")
+        return cls(url, endpoint or endpoint_from_env())
+
+    def bucket(self) -> Bucket:
+        return Bucket(self.url.bucket, self.endpoint)
+
+    def dataset(self) -> ObsUrl:
+        """The folder above the split, which holds labels.txt as ``records/<name>/`` does locally."""
+        parent = PurePosixPath(self.url.prefix).parent.as_posix()
+        return ObsUrl(self.url.bucket, "" if parent == "." else parent)
+
+    def labels_key(self) -> str:
+        return self.dataset().key(LABELS_NAME)
+
+    def check(self, labels: Path) -> None:
+        """Before anything is written: the credentials work, the bucket answers, and the folder
+        above the split holds no other label file (its other splits would not match this one)."""
+        bucket = self.bucket()
+        key = self.labels_key()
+        there = bucket.list(key)        # unlike a stat, fails on a missing bucket
+        stored = bucket.stat(key) if any(o.key == key for o in there) else None
+        if stored is not None and not stored.holds(FileDigest.of(labels)):
+            raise ValueError(f"{bucket.url(key)} is another label file than {labels}: "
+                             f"upload to another folder, or delete it there first")
+
+    def start(self, split_dir: Path, kept: list[int], converting: bool, workers: int) -> None:
+        """Before the run's tasks: withdraw the bucket's manifest if the split there is about to
+        change (shards to convert, or kept ones it lacks), then push those kept shards."""
+        bucket = self.bucket()
+        shards = [ShardFiles.of(split_dir, index) for index in kept]
+        with ThreadPoolExecutor(workers) as pool:
+            lacking = [(files, missing) for files, missing in
+                       zip(shards, pool.map(lambda files: self._lacking(files, bucket), shards)) if missing]
+            if converting or lacking:
+                bucket.delete(self.url.key(MANIFEST_NAME))
+            list(pool.map(lambda pair: self._send(*pair, bucket), lacking))
+
+    def shard(self, files: ShardFiles) -> None:
+        """Push one shard marked done (in its task): what the bucket lacks of it, marker last."""
+        bucket = self.bucket()
+        self._send(files, self._lacking(files, bucket), bucket)
+
+    def finish(self, split_dir: Path, labels: Path) -> None:
+        """After every shard is pushed: the label file, then the manifest; each only if the
+        bucket does not hold it already."""
+        bucket = self.bucket()
+        manifest = split_dir / MANIFEST_NAME
+        for path, key in ((labels, self.labels_key()), (manifest, self.url.key(MANIFEST_NAME))):
+            digest = FileDigest.of(path)
+            stored = bucket.stat(key)
+            if stored is None or not stored.holds(digest):
+                bucket.upload(path, key, digest)
+        log.info("pushed the split to %s: python -m datatools.sync %s DIR pulls the dataset (%s and "
+                 "its splits)", self.url, self.dataset(), LABELS_NAME)
+
+    def _lacking(self, files: ShardFiles, bucket: Bucket) -> list[tuple[Path, str | None]]:
+        """The shard's files the bucket does not hold, in push order, each with the sha256 its
+        marker gives it (None for the marker itself, compared by content)."""
+        marker = DoneMarker.read(files.done)
+        if marker is None:
+            raise OSError(f"{files.done}: no done marker to push")
+        lacking: list[tuple[Path, str | None]] = []
+        for path in (files.record, files.db):
+            digest = marker.files.get(path.name)
+            if digest is None:
+                continue                    # no video stored: no record file
+            stored = bucket.stat(self.url.key(path.name))
+            if stored is None or (stored.size, stored.sha256) != (digest.size, digest.sha256):
+                lacking.append((path, digest.sha256))
+        stored = bucket.stat(self.url.key(files.done.name))
+        if lacking or stored is None or not stored.holds(FileDigest.of(files.done)):
+            lacking.append((files.done, None))
+        return lacking
+
+    def _send(self, files: ShardFiles, lacking: list[tuple[Path, str | None]], bucket: Bucket) -> None:
+        """Upload ``lacking`` in order; a marker in the bucket is deleted before the files it
+        would vouch for change. A file that is no longer the one verified is not vouched for."""
+        if any(sha256 is not None for _, sha256 in lacking):
+            bucket.delete(self.url.key(files.done.name))
+        for path, sha256 in lacking:
+            stored = bucket.upload(path, self.url.key(path.name))
+            if sha256 is not None and stored.sha256 != sha256:
+                raise OSError(f"{path} changed since it was verified: convert the split again to redo "
+                              f"shard {files.record.name}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,20 @@
-"""Shared fixtures: one tiny converted dataset per test session, built by the real pipeline."""
+"""Shared fixtures: one tiny converted dataset per test session, built by the real pipeline, and a
+real local S3 server (moto's; OBS speaks S3) with fake credentials in the environment."""
 from __future__ import annotations
 
+import logging
+import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import mindspore as ms
 import pytest
+from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
+from obs import ObsClient
+from werkzeug.serving import make_server
 
-from datatools import schema
+from datatools import obs, schema
 from datatools.convert import convert
 from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
@@ -75,3 +82,46 @@ def tiny_records(tmp_path_factory) -> TinyRecords:
     """4 classes, 16 train + 12 val videos of 16 frames (160x120 stored at 85x64), 4+3 shards."""
     return build_tiny_records(tmp_path_factory.mktemp("tiny_records"))
 
+
+KEY_ID, SECRET = "AKFAKESTNETKEY0001", "fake-secret-never-printed-0001"
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """moto's S3 server for the module, serving S3 alone: its usual dispatcher (ThreadedMotoServer)
+    reads the service from a SigV4 credential scope and misroutes the ~0.07% of v2-signed requests
+    whose signature holds four '/'. werkzeug's request lines would pollute stderr."""
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.CRITICAL)
+    server = make_server("127.0.0.1", 0, create_backend_app("s3"), threaded=True,
+                         request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+    werkzeug.setLevel(level)
+
+
+@pytest.fixture
+def env(endpoint, monkeypatch):
+    """Fake credentials and the endpoint in the environment; small list pages so every listing
+    pages; short backoff so failures are quick."""
+    monkeypatch.setenv("OBS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("OBS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.delenv("OBS_SECURITY_TOKEN", raising=False)
+    monkeypatch.setenv("OBS_ENDPOINT", endpoint)
+    monkeypatch.setattr(obs, "LIST_PAGE", 4)
+    monkeypatch.setattr(obs, "BACKOFF_SECONDS", 0.01)
+    return endpoint
+
+
+@pytest.fixture
+def bucket(env) -> str:
+    """A new bucket per test, created through ObsClient as a user would."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    resp = ObsClient(server=env, security_provider_policy="ENV", max_retry_count=0).createBucket(name)
+    assert resp.status == 200, (resp.status, resp.errorCode)
+    return name

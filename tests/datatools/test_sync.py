@@ -9,62 +9,17 @@ import logging
 import socket
 import subprocess
 import threading
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
 from obs import ObsClient
-from werkzeug.serving import make_server
 
 from datatools import obs, sync
 from datatools.cli import run_cli
 from datatools.manifest import MANIFEST_NAME, ShardFiles, shard_index
-
-KEY_ID, SECRET = "AKFAKESTNETKEY0001", "fake-secret-never-printed-0001"
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    """moto's S3 server for the module, serving S3 alone: its usual dispatcher (ThreadedMotoServer)
-    reads the service from a SigV4 credential scope and misroutes the ~0.07% of v2-signed requests
-    whose signature holds four '/'. werkzeug's request lines would pollute stderr."""
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
-    werkzeug.setLevel(logging.CRITICAL)
-    server = make_server("127.0.0.1", 0, create_backend_app("s3"), threaded=True,
-                         request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-    werkzeug.setLevel(level)
-
-
-@pytest.fixture
-def env(endpoint, monkeypatch):
-    """Fake credentials and the endpoint in the environment; small list pages so every listing
-    pages; short backoff so failures are quick."""
-    monkeypatch.setenv("OBS_ACCESS_KEY_ID", KEY_ID)
-    monkeypatch.setenv("OBS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.delenv("OBS_SECURITY_TOKEN", raising=False)
-    monkeypatch.setenv("OBS_ENDPOINT", endpoint)
-    monkeypatch.setattr(obs, "LIST_PAGE", 4)
-    monkeypatch.setattr(obs, "BACKOFF_SECONDS", 0.01)
-    return endpoint
-
-
-@pytest.fixture
-def bucket(env) -> str:
-    """A new bucket per test, created through ObsClient as a user would."""
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    resp = ObsClient(server=env, security_provider_policy="ENV", max_retry_count=0).createBucket(name)
-    assert resp.status == 200, (resp.status, resp.errorCode)
-    return name
+from tests.conftest import KEY_ID, SECRET
 
 
 def _tree(root: Path) -> dict[str, bytes]:
