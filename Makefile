@@ -40,7 +40,7 @@ CKPT ?=
 # Without CKPT, eval and export use the run's best.ckpt (runs/<name>/best.ckpt).
 CKPT_ARG = $(if $(CKPT),--ckpt $(CKPT))
 
-.PHONY: setup test records train train-8p eval package-310 export-310 demo
+.PHONY: setup test records train train-8p eval predict package-310 export-310 demo
 
 setup: $(VENV)/.installed
 
@@ -105,6 +105,13 @@ else
 		|| { tail -n 20 $(MSRUN_LOG)/worker_0.log; exit 1; }
 	@grep '^top1=' $(MSRUN_LOG)/worker_0.log | tail -n 1
 endif
+
+# Top classes of one video file, decoded as the records in the config's data.root were converted:
+# make predict VIDEO="videos/abseiling/x.mp4" [CKPT=...] [ARGS="--window 10 --out p.jsonl test.crops=3"]
+VIDEO ?=
+predict: setup
+	@test -n "$(VIDEO)" || { echo 'error: VIDEO is empty: make predict VIDEO=path/to/video.mp4' >&2; exit 2; }
+	$(PY) -m trainer.predict --config $(CONFIG) $(CKPT_ARG) "$(VIDEO)" $(ARGS)
 
 # 310 path on two hosts. Host 1 (this checkout): `make package-310` exports a batch-1 MINDIR that
 # takes uint8 clips (normalization inside the graph), writes the val clips as uint8 .bin and

@@ -1,6 +1,7 @@
 """The package layering of docs/design.md §1: benchmarks -> trainer -> datatools, and the trainer
 sees only datatools' on-disk contract (schema, manifest), its command-line plumbing (cli,
-progress) and, for trainer.predict, the converter's decode path (video)."""
+progress), for trainer.predict the converter's decode path (video) and, for trainer.cloud, its
+OBS transfers (obs, sync)."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER_MAY_IMPORT = {"datatools.schema", "datatools.manifest", "datatools.cli", "datatools.progress",
-                      "datatools.video"}
+                      "datatools.video", "datatools.obs", "datatools.sync"}
 
 
 def _imports(package: str) -> dict[str, set[str]]:

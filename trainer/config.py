@@ -9,6 +9,7 @@ fails at start-up in every command instead of after an epoch, or being ignored f
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -17,7 +18,7 @@ import yaml
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "config_parser", "config_from_args",
            "DEVICE_TARGETS", "AUTO_DEVICE", "MODES", "RESIZE_MODES", "BLOCKS_PER_STAGE",
            "XCEPTION_VARIANTS", "LR_SCHEDULES", "AMP_LEVELS", "LOSS_SCALE_MANAGERS",
-           "NULLABLE_TYPES", "RULES"]
+           "TEST_CROPS", "NULLABLE_TYPES", "RULES"]
 
 BASE_KEY = "base"
 
@@ -32,10 +33,16 @@ XCEPTION_VARIANTS = ("depthwise", "dense")
 LR_SCHEDULES = ("step", "cosine")
 AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 LOSS_SCALE_MANAGERS = ("dynamic", "fixed")
+TEST_CROPS = (1, 3)    # spatial test crops: the centre | left, centre, right along the long side
 
 # The type of each key whose recipe default is null (a null cannot say it). Only these keys may
 # be null; any other null fails at load time.
-NULLABLE_TYPES: dict[str, type] = {"model.pretrained": str, "train.resume": str}
+NULLABLE_TYPES: dict[str, type] = {"model.pretrained": str, "train.resume": str, "cloud.data_url": str,
+                                   "cloud.train_url": str, "cloud.checkpoint_url": str,
+                                   "cloud.endpoint": str}
+# ModelArts passes a job's input and output locations as these flags; config_parser takes them and
+# config_from_args folds them into the overrides (cloud.data_url, cloud.train_url).
+CLOUD_FLAGS = ("data_url", "train_url")
 
 
 class ConfigError(ValueError):
@@ -109,6 +116,26 @@ def _fits_short_side(value: Any, data: Mapping) -> str | None:
     return None if ok else f"<= data.short_side ({side})"
 
 
+def _non_empty(value: Any, data: Mapping) -> str | None:
+    """A string with something in it (a null passes: only NULLABLE_TYPES keys get here as null)."""
+    return None if value is None or (isinstance(value, str) and value.strip()) else "a non-empty string"
+
+
+def _location(value: Any, data: Mapping) -> str | None:
+    """Null, a local path, or an OBS URL that datatools.obs parses (imported only for a URL: it
+    loads the OBS SDK)."""
+    allowed = "null, a local path or obs://bucket/prefix"
+    if _non_empty(value, data):
+        return allowed
+    if isinstance(value, str) and ("://" in value or value.startswith("obs:")):
+        from datatools.obs import parse_url
+        try:
+            parse_url(value)
+        except ValueError as exc:
+            return f"{allowed} ({exc})"
+    return None
+
+
 def _increasing_epochs(value: Any, data: Mapping) -> str | None:
     ok = isinstance(value, list) and all(_is_number(v) and v >= 1 for v in value) and all(
         a < b for a, b in zip(value, value[1:]))
@@ -153,7 +180,13 @@ RULES: dict[str, Rule] = {
     "test.segments": _POSITIVE,
     "test.crop": _all(_POSITIVE, _fits_short_side),
     "test.clips": _POSITIVE,
+    "test.crops": _one_of(TEST_CROPS),
     "test.batch_size": _POSITIVE,
+    "cloud.data_url": _location,
+    "cloud.train_url": _location,
+    "cloud.checkpoint_url": _location,
+    "cloud.cache_dir": _non_empty,
+    "cloud.endpoint": _non_empty,
 }
 
 
@@ -293,8 +326,15 @@ def config_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override a config value, e.g. train.lr=0.02 model.xception=dense")
+    for flag in CLOUD_FLAGS:
+        parser.add_argument(f"--{flag}", metavar="URL",
+                            help=f"cloud.{flag} (as ModelArts passes it): obs://bucket/prefix or a local path")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.config, args.overrides)
+    """The config of a ``config_parser`` command line; ``--data_url``/``--train_url`` become
+    overrides (quoted, so any text stays a string), checked like any other."""
+    flags = [f"cloud.{flag}={json.dumps(value)}" for flag in CLOUD_FLAGS
+             if (value := getattr(args, flag, None)) is not None]
+    return load_config(args.config, [*args.overrides, *flags])

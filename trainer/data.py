@@ -1,8 +1,12 @@
-"""Clips for StNet from MindRecord shards: sampling, JPEG decode, crop/flip, normalization.
+"""Clips for StNet from MindRecord shards: sampling, JPEG decode, crop/flip.
 
 One record is one video (``datatools.schema``): its JPEG frames in one blob plus byte offsets,
-so a clip decodes only the T×N frames it uses. The map op runs in threads (simplejpeg and cv2
-release the GIL, and threads avoid copying each ~21 MB clip between processes; docs/design.md §7).
+so a clip decodes only the T×N frames it uses, read from the record without a copy. A clip
+leaves the loader as uint8 pixels: normalization and the channel layout belong to the network
+(``trainer.precision.PixelInput``), on the device, where they cost nothing next to the
+convolutions, while on the host they took a third of a clip's CPU time (benchmarks/README.md).
+The map op runs in threads (simplejpeg and cv2 release the GIL, and threads avoid copying each
+clip between processes; docs/design.md §7).
 Every random choice comes from ``(seed, epoch)`` (shuffle) or a per-sample generator seeded by
 ``(seed, epoch, video_id)`` (sampling, crop, flip), so a run is reproducible whatever thread
 handles which sample, and a training dataset is built per epoch.
@@ -30,11 +34,11 @@ from PIL import Image
 from datatools.manifest import ok_shard_paths, read_manifest, read_settings, source_sizes
 from datatools.schema import (CHECKSUM, FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, frame_bytes,
                               sample_checksum)
-from trainer.config import RESIZE_MODES, Config, ConfigError
+from trainer.config import RESIZE_MODES, TEST_CROPS, Config, ConfigError
 
 __all__ = ["MEAN", "STD", "CLIP", "MASK", "PROBLEM", "IGNORE_LABEL", "RESIZE_MODES", "BadSample",
            "ClipSampler", "ClipDecoder", "TrainClips", "EvalClips", "bad_samples", "clip_decoder",
-           "split_dir", "records", "create_dataset"]
+           "build_decoder", "eval_clips", "views_per_video", "split_dir", "records", "create_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +141,15 @@ class ClipDecoder:
     source size, as the reference leaves it; JPEGs are decoded with libjpeg's accurate DCT and upsampling, as PIL does; the centre crop sits at
     ``round((w−crop)/2)`` (half to even), not the floor.
 
-    Returns float32 (T, 3N, crop, crop): the N frames of a segment are stacked as N RGB triples.
-    With ``normalize=False`` the same pixels stay uint8 (4× fewer bytes), for a graph that
-    normalizes its input itself (``trainer.export --input uint8``).
+    Returns uint8 pixels (T, N, crop, crop, 3) by default: what the network takes
+    (``trainer.precision.PixelInput`` normalizes and lays them out on the device). A row copy
+    per frame is all the host does after decoding, and a clip is 4× fewer bytes than float32.
+    With ``normalize=True``: float32 (T, 3N, crop, crop), normalized on the host, the N frames of
+    a segment stacked as N RGB triples, as the model zoo's graph takes them (the 310 path's
+    ``--float-input``).
     """
 
-    def __init__(self, short_side: int, crop: int, normalize: bool = True, *, resize: str = "keep",
+    def __init__(self, short_side: int, crop: int, normalize: bool = False, *, resize: str = "keep",
                  source_sizes: dict[str, tuple[int, int]] | None = None) -> None:
         if crop < 1 or crop > short_side:
             raise ValueError(f"crop must be in 1..short_side={short_side}, got {crop!r}")
@@ -178,6 +185,19 @@ class ClipDecoder:
             return round((height - self.crop) / 2), round((width - self.crop) / 2)
         return (height - self.crop) // 2, (width - self.crop) // 2
 
+    def test_boxes(self, height: int, width: int, crops: int) -> list[tuple[int, int]]:
+        """(top, left) of each test crop: the centre one, or with ``crops=3`` the start, centre
+        and end of the long side (left/centre/right; top/centre/bottom for portrait), centred
+        across the short side, as SlowFast and MMAction2 take them."""
+        if crops not in TEST_CROPS:
+            raise ValueError(f"test.crops must be one of {'|'.join(map(str, TEST_CROPS))}, got {crops!r}")
+        top, left = self.center_box(height, width)
+        if crops == 1:
+            return [(top, left)]
+        if height > width:
+            return [(0, left), (top, left), (height - self.crop, left)]
+        return [(top, 0), (top, left), (top, width - self.crop)]
+
     def _scale(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
         if self.resize == "zoo":   # the reference's PIL bilinear (a filter sized to the scale)
             return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
@@ -204,17 +224,30 @@ class ClipDecoder:
             frames.append(cache[index])
         return frames
 
+    def clip_shape(self, num_segments: int, frames_per_segment: int) -> tuple[int, ...]:
+        """Shape of one clip: (T, N, S, S, 3) pixels, or (T, 3N, S, S) normalized."""
+        c = self.crop
+        if self.normalize:
+            return num_segments, 3 * frames_per_segment, c, c
+        return num_segments, frames_per_segment, c, c, 3
+
     def __call__(self, frames: list[np.ndarray], num_segments: int, top: int, left: int,
                  flip: bool) -> np.ndarray:
         """Crop ``frames`` (T·N decoded frames) at (top, left) and return the clip."""
         c = self.crop
-        out = np.empty((len(frames), 3, c, c), self.dtype)
+        if not self.normalize:
+            out = np.empty((len(frames), c, c, 3), np.uint8)
+            for i, frame in enumerate(frames):
+                patch = frame[top:top + c, left:left + c]
+                if flip:
+                    cv2.flip(patch, 1, dst=out[i])
+                else:
+                    out[i] = patch
+            return out.reshape(num_segments, -1, c, c, 3)
+        out = np.empty((len(frames), 3, c, c), np.float32)
         for i, frame in enumerate(frames):
             patch = frame[top:top + c, left:left + c]
             patch = cv2.flip(patch, 1) if flip else np.ascontiguousarray(patch)
-            if not self.normalize:
-                out[i] = patch.transpose(2, 0, 1)
-                continue
             for channel, plane in enumerate(cv2.split(patch)):
                 cv2.LUT(plane, self._lut[channel], dst=out[i, channel])
         return out.reshape(num_segments, -1, c, c)
@@ -225,8 +258,9 @@ class ClipDecoder:
 
 
 def _blob(frames: np.ndarray) -> memoryview:
-    """MindRecord returns bytes as a numpy |S array; ``.tobytes()`` keeps trailing NULs."""
-    return memoryview(frames.tobytes())
+    """The bytes of MindRecord's numpy |S array, trailing NULs included, without a copy (the
+    blob is a whole video: ~8 MB for a 10 s Kinetics clip at short side 256)."""
+    return memoryview(np.frombuffer(frames, np.uint8))
 
 
 class TrainClips:
@@ -253,10 +287,8 @@ class TrainClips:
             _check_sample(blob, offsets, int(num_frames), int(label), video_id, int(checksum))
             return self._clip(blob, offsets, int(num_frames), video_id), np.int32(label), ""
         except BadSample as exc:
-            c = self.decoder.crop
-            clip = np.zeros((self.sampler.num_segments, 3 * self.sampler.frames_per_segment, c, c),
-                            np.float32)
-            return clip, np.int32(IGNORE_LABEL), f"video {video_id}: {exc}"
+            shape = self.decoder.clip_shape(self.sampler.num_segments, self.sampler.frames_per_segment)
+            return np.zeros(shape, self.decoder.dtype), np.int32(IGNORE_LABEL), f"video {video_id}: {exc}"
 
     def _clip(self, blob: memoryview, offsets: np.ndarray, num_frames: int,
               video_id: str) -> np.ndarray:
@@ -277,48 +309,54 @@ class TrainClips:
 
 class EvalClips:
     """Map op for evaluation: (frames, offsets, num_frames, label, video_id, checksum) → (clip
-    (K, T, 3N, S, S), label, mask, video_id, problem), deterministic.
+    (V, T, 3N, S, S), label, mask, video_id, problem), deterministic.
 
-    K temporal clips per video (``ClipSampler.test_indices``), centre crop. A padded sample
+    V = K·C views per video: K temporal clips (``ClipSampler.test_indices``) × C spatial crops
+    (``ClipDecoder.test_boxes``), clip-major (view ``k·C + c``); every view is scored alike
+    (``trainer.scoring``). A padded sample
     (``num_frames == 0``, added so every rank gets the same count) yields zeros and mask 0; so
     does a bad sample, whose problem text is the error ``trainer.eval`` raises (naming
     ``folder``, the split, for ``datatools.inspect``).
     """
 
     def __init__(self, sampler: ClipSampler, decoder: ClipDecoder, num_clips: int,
-                 folder: str | Path) -> None:
+                 folder: str | Path, crops: int = 1) -> None:
         self.sampler = sampler
         self.decoder = decoder
         self.num_clips = num_clips
+        self.crops = crops
         self.folder = folder
 
     def __call__(self, frames, offsets, num_frames, label, video_id, checksum):
-        t, n, c = self.sampler.num_segments, self.sampler.frames_per_segment, self.decoder.crop
-        empty = np.zeros((self.num_clips, t, 3 * n, c, c), self.decoder.dtype)
+        shape = self.decoder.clip_shape(self.sampler.num_segments, self.sampler.frames_per_segment)
+        empty = np.zeros((self.num_clips * self.crops, *shape), self.decoder.dtype)
         try:
             blob = _blob(frames)
             _check_sample(blob, offsets, int(num_frames), int(label), str(video_id), int(checksum))
             if int(num_frames) == 0:   # padding, checked like any row (_padded_sample)
                 return empty, np.int32(label), np.int32(0), video_id, ""
-            clips = self._clips(blob, offsets, int(num_frames), str(video_id))
+            clips = self.views(blob, offsets, int(num_frames), str(video_id))
             return clips, np.int32(label), np.int32(1), video_id, ""
         except BadSample as exc:
             return empty, np.int32(label), np.int32(0), video_id, (
                 f"video {video_id}: {exc}: metrics are not computed on altered data; run "
                 f"datatools.inspect {self.folder}")
 
-    def _clips(self, blob: memoryview, offsets: np.ndarray, num_frames: int,
-               video_id: str) -> np.ndarray:
+    def views(self, blob: bytes | memoryview, offsets: np.ndarray, num_frames: int,
+              video_id: str = "") -> np.ndarray:
+        """(K·C, T, 3N, S, S) views of one video's frames (``trainer.predict`` calls it on frames
+        it encoded itself, so a prediction sees the pixels an evaluation does)."""
         t, n = self.sampler.num_segments, self.sampler.frames_per_segment
         indices = self.sampler.test_indices(num_frames, self.num_clips)
         decoded = self.decoder.decode(blob, offsets, indices, video_id)
-        top, left = self.decoder.center_box(*decoded[0].shape[:2])
+        boxes = self.decoder.test_boxes(*decoded[0].shape[:2], self.crops)
         per_clip = t * n
         return np.stack([self.decoder(decoded[k * per_clip:(k + 1) * per_clip], t, top, left, False)
-                         for k in range(self.num_clips)])
+                         for k in range(self.num_clips) for top, left in boxes])
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.sampler!r}, {self.decoder!r}, num_clips={self.num_clips})"
+        return (f"{type(self).__name__}({self.sampler!r}, {self.decoder!r}, num_clips={self.num_clips}, "
+                f"crops={self.crops})")
 
 
 def split_dir(cfg: Config, split: str) -> Path:
@@ -372,42 +410,60 @@ def _log_once(message: str, *args) -> None:
         logger.info(text)
 
 
-def clip_decoder(cfg: Config, split: str, crop: int, normalize: bool = True) -> ClipDecoder:
-    """The decoder for a split, from the conversion settings stored in its manifest.
-
-    ``data.short_side: 0`` reads frames at the split's stored short side; another value rescales
-    them at read time, which is said once. A stored short side below the crop is refused (every
-    clip would be upscaled from too few pixels). ``data.resize=zoo`` takes the source sizes from
-    the manifest.
-    """
+def clip_decoder(cfg: Config, split: str, crop: int, normalize: bool = False) -> ClipDecoder:
+    """The decoder for a split, from the conversion settings stored in its manifest."""
     folder = split_dir(cfg, split)
     table = read_manifest(folder)
     settings = read_settings(table)
-    stored = settings.short_side if settings else None
+    return build_decoder(cfg, settings.short_side if settings else None, crop, normalize,
+                         source_sizes(table), folder)
+
+
+def build_decoder(cfg: Config, stored: int | None, crop: int, normalize: bool,
+                  sizes: dict[str, tuple[int, int]], where: str | Path) -> ClipDecoder:
+    """The decoder for frames stored at short side ``stored`` (None: unknown) from sources of
+    ``sizes`` ((height, width) by video_id); ``where`` names them in messages.
+
+    ``data.short_side: 0`` reads frames at the stored short side; another value rescales them at
+    read time, which is said once. A stored short side below the crop is refused (every clip
+    would be upscaled from too few pixels). ``data.resize=zoo`` keeps the videos whose source
+    short side is already the target at their source size.
+    """
     if stored is not None and 0 < stored < crop:
-        raise ValueError(f"{folder} is stored at short side {stored}, below the crop {crop}: "
+        raise ValueError(f"{where} is stored at short side {stored}, below the crop {crop}: "
                          f"reconvert it with datatools.convert --short-side {crop} or more, or lower "
                          f"data.crop_size / test.crop")
     if cfg.data.resize not in RESIZE_MODES:
         raise ConfigError(f"data.resize must be one of {'|'.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
     short = cfg.data.short_side or stored
     if not short:
-        raise ValueError(f"data.short_side=0 reads frames as stored, but {folder} was converted "
+        raise ValueError(f"data.short_side=0 reads frames as stored, but {where} was converted "
                          f"at their source size (--short-side 0): set data.short_side")
     if cfg.data.resize == "zoo":
         _log_once("%s: data.resize=zoo: frames of sources whose short side is not %d are squashed "
-                  "to %dx%d as the model zoo does (stored at short side %s)", folder, short,
+                  "to %dx%d as the model zoo does (stored at short side %s)", where, short,
                   int(short * 4 / 3), short, stored)
-        sizes = {vid: size for vid, size in source_sizes(table).items() if min(size) == short}
-        return ClipDecoder(short, crop, normalize, resize="zoo", source_sizes=sizes)
+        kept = {vid: size for vid, size in sizes.items() if min(size) == short}
+        return ClipDecoder(short, crop, normalize, resize="zoo", source_sizes=kept)
     if stored != short:
         _log_once("%s is stored at short side %s; frames are scaled to data.short_side=%d at read "
-                  "time", folder, stored, short)
+                  "time", where, stored, short)
     return ClipDecoder(short, crop, normalize)
 
 
+def views_per_video(cfg: Config) -> int:
+    """Views a test protocol scores per video: ``test.clips`` × ``test.crops``."""
+    return cfg.test.clips * cfg.test.crops
+
+
+def eval_clips(cfg: Config, decoder: ClipDecoder, folder: str | Path) -> EvalClips:
+    """The config's test protocol (segments, clips, crops) over ``decoder``'s frames."""
+    sampler = ClipSampler(cfg.test.segments, cfg.data.frames_per_segment)
+    return EvalClips(sampler, decoder, cfg.test.clips, folder, cfg.test.crops)
+
+
 def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, group_size: int = 1,
-                   epoch: int = 0, normalize: bool = True) -> ds.Dataset:
+                   epoch: int = 0, normalize: bool = False) -> ds.Dataset:
     """Batched clips of one split, sharded over ``group_size`` ranks.
 
     Parameters
@@ -419,14 +475,14 @@ def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, gr
         folder name under ``data.root``.
     training : bool
         True: shuffled (seed from (seed, epoch), same on every rank), random crop/flip,
-        ``data.batch_size`` with ``drop_remainder``; columns ``clip`` (B, T, 3N, crop, crop)
-        float32, ``label`` (B,) int32 (``IGNORE_LABEL`` for a bad sample) and ``problem`` (str,
+        ``data.batch_size`` with ``drop_remainder``; columns ``clip`` (B, *clip) with the
+        ``ClipDecoder.clip_shape`` (uint8 (T, N, crop, crop, 3) pixels by default), ``label`` (B,) int32 (``IGNORE_LABEL`` for a bad sample) and ``problem`` (str,
         "" for a sound sample). When the video count is not divisible by ``group_size``,
         MindDataset repeats a few videos so every shard has ceil(count / group_size) rows.
-        False: in order, K centred clips, ``test.batch_size``, last batch kept; padded with
-        masked rows so every video is seen exactly once over all ranks; columns ``clip``
-        (B, K, T, 3N, S, S), ``label``, ``mask`` (int32, 0 for padding and bad samples),
-        ``video_id`` (str), ``problem`` (str, "" for a sound sample).
+        False: in order, K clips × C crops (``test.clips``, ``test.crops``), ``test.batch_size``,
+        last batch kept; padded with masked rows so every video is seen exactly once over all
+        ranks; columns ``clip`` (B, K·C, *clip), ``label``, ``mask`` (int32, 0 for padding and
+        bad samples), ``video_id`` (str), ``problem`` (str, "" for a sound sample).
     rank, group_size : int
         This rank's shard of the split.
     epoch : int
@@ -434,19 +490,17 @@ def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, gr
         every augmentation draw derive from ``(seed, epoch)``, so a resumed run repeats the
         uninterrupted one exactly. Ignored for evaluation.
     normalize : bool
-        False: evaluation clips stay uint8 pixels (``ClipDecoder``), for the 310 path's graph
-        that normalizes its own input. Ignored for training.
+        False (default): uint8 pixels, normalized by the network (``trainer.precision.PixelInput``).
+        True: float32 clips normalized on the host, as the model zoo's graph takes them.
     """
     data = records(cfg, split, training=training, rank=rank, group_size=group_size, epoch=epoch)
     workers = max(1, min(cfg.data.num_workers, os.cpu_count() or 1))
-    sampler = ClipSampler(cfg.data.num_segments if training else cfg.test.segments,
-                          cfg.data.frames_per_segment)
     if training:
-        op = TrainClips(sampler, clip_decoder(cfg, split, cfg.data.crop_size), cfg.seed, epoch)
+        sampler = ClipSampler(cfg.data.num_segments, cfg.data.frames_per_segment)
+        op = TrainClips(sampler, clip_decoder(cfg, split, cfg.data.crop_size, normalize), cfg.seed, epoch)
         columns, batch_size = [CLIP, LABEL, PROBLEM], cfg.data.batch_size
     else:
-        op = EvalClips(sampler, clip_decoder(cfg, split, cfg.test.crop, normalize), cfg.test.clips,
-                       split_dir(cfg, split))
+        op = eval_clips(cfg, clip_decoder(cfg, split, cfg.test.crop, normalize), split_dir(cfg, split))
         columns, batch_size = [CLIP, LABEL, MASK, VIDEO_ID, PROBLEM], cfg.test.batch_size
     logger.info("%s split %s: rank %d/%d, %r", "train" if training else "eval", split, rank,
                 group_size, op)

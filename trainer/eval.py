@@ -2,7 +2,8 @@
 
 Each rank runs its shard of the padded validation set (``create_dataset(training=False)``);
 padded rows are masked out, so the counts of all ranks add up to exactly the split's videos.
-A video's K temporal clips are scored by the mean of their softmax. Counts are summed over ranks
+A video's V views (``test.clips`` temporal clips × ``test.crops`` spatial crops) are scored by the
+mean of their softmax (``trainer.scoring``). Counts are summed over ranks
 with AllReduce (SUM is the only CPU reduction), so rank 0 reports the whole split. A video that
 is not what the converter wrote (checksum mismatch, a frame that does not decode) or whose logits
 are not finite is an error naming it: no metric is computed on altered data or scores.
@@ -23,6 +24,7 @@ from mindspore import nn
 from datatools.cli import run_cli, setup_logging
 from datatools.progress import Progress
 from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID, read_labels
+from trainer import cloud
 from trainer.checkpoint import checkpoint_arg, nan_or_inf
 from trainer.config import config_from_args, config_parser
 from trainer.data import CLIP, MASK, PROBLEM, bad_samples, create_dataset
@@ -55,11 +57,12 @@ def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
              group_size: int = 1) -> dict:
     """Top-1/top-5, per-class accuracy and confusion matrix of ``net`` over ``dataset``.
 
-    ``dataset`` is an eval dataset from ``create_dataset`` (columns clip (B, K, T, 3N, S, S),
+    ``dataset`` is an eval dataset from ``create_dataset`` (columns clip (B, V, T, 3N, S, S),
     label, mask). With ``group_size > 1`` every rank must call this (the counts are all-reduced).
     Returns ``top1``, ``top5`` (fractions), ``videos`` (real videos counted), ``per_class``
-    (accuracy per class index, None for a class without videos) and ``confusion``
-    (``confusion[true][predicted]`` counts).
+    (accuracy per class index, None for a class without videos), ``confusion``
+    (``confusion[true][predicted]`` counts) and ``scores`` (video_id -> float64 class scores of
+    the videos this rank evaluated: per-video results to compare, e.g. with trainer.predict).
 
     A bad sample or a video with non-finite logits is a ValueError naming the first one (the
     others are logged). Every rank raises once the counts are summed, so none waits for another.
@@ -68,6 +71,7 @@ def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
     confusion = np.zeros((num_classes, num_classes), np.int64)
     top5_hits = 0
     problems: list[str] = []
+    video_scores_by_id: dict[str, np.ndarray] = {}
     k = min(TOP_K, num_classes)
     progress = Progress(dataset.get_dataset_size(), "batches", logger=logger, desc="eval")
     for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
@@ -85,6 +89,7 @@ def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
         keep = mask & finite
         scores, labels = video_scores(logits[keep]), labels[keep].astype(np.int64)
         np.add.at(confusion, (labels, scores.argmax(axis=1)), 1)
+        video_scores_by_id.update(zip(map(str, batch[VIDEO_ID][keep]), scores))
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top5_hits += int((top == labels[:, None]).any(axis=1).sum())
     for problem in problems[1:]:   # the first is the error raised below
@@ -105,6 +110,7 @@ def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
         "videos": videos,
         "per_class": per_class,
         "confusion": confusion.tolist(),
+        "scores": video_scores_by_id,
     }
 
 
@@ -130,13 +136,14 @@ def write_results(result: dict, out: str | Path, class_names: list[str]) -> Path
 
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
-    ckpt = checkpoint_arg(cfg, args.ckpt)
+    rank, group_size = init_runtime(cfg)   # before any pull: msrun's start-up waits for every rank
+    setup_logging(rank)
+    cfg = cloud.prepare(cfg, (cfg.data.val_split,))
+    ckpt = checkpoint_arg(cfg, cloud.checkpoint(cfg, args.ckpt))
     class_names = read_labels(Path(cfg.data.root) / LABELS_NAME)
     if len(class_names) != cfg.model.num_classes:
         raise ValueError(f"model.num_classes={cfg.model.num_classes} but "
                          f"{Path(cfg.data.root) / LABELS_NAME} has {len(class_names)} classes")
-    rank, group_size = init_runtime(cfg)
-    setup_logging(rank)
     from trainer.precision import inference_network  # the network is heavy; import after set-up
     net = inference_network(cfg, ckpt)   # cast as in training: in-run and standalone top-1 agree
     dataset = create_dataset(cfg, "val", training=False, rank=rank, group_size=group_size)

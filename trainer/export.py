@@ -4,10 +4,11 @@
 
 The graph takes one batch of test clips (B, T, 3N, S, S) float32 as the config's test protocol
 makes them (T = test.segments, N = data.frames_per_segment, S = test.crop) and returns logits
-(B, num_classes); with ``--input uint8`` it takes the raw uint8 pixels instead and normalizes
-them itself (4× fewer bytes per clip for the 310 path). With test.clips = K > 1 the graph still
-scores single clips: a video's K clips are run one by one and their softmax averaged (as
-trainer.eval and trainer.infer310.postprocess do), so one exported file serves every K.
+(B, num_classes); with ``--input uint8`` it takes the loader's uint8 pixels (B, T, N, S, S, 3)
+instead and normalizes them itself (4× fewer bytes per clip for the 310 path). With K clips × C crops per video
+(test.clips, test.crops) the graph still scores single clips: a video's views are run one by one
+and their softmax averaged (as trainer.eval and trainer.infer310.postprocess do), so one exported
+file serves every protocol.
 ``<file>.json`` beside the export records the resolved config, the input shape (batch null when
 dynamic) and dtype, the class names and the file's sha256, so a deployment can check it runs the
 graph it was given.
@@ -21,45 +22,24 @@ import time
 from pathlib import Path
 
 import mindspore as ms
-import numpy as np
-from mindspore import nn, ops
+from mindspore import nn
 
 from datatools.cli import run_cli, setup_logging
 from datatools.schema import LABELS_NAME, read_labels
+from trainer import cloud
 from trainer.checkpoint import checkpoint_arg
 from trainer.config import Config, config_from_args, config_parser
-from trainer.data import MEAN, STD
+from trainer.data import views_per_video
 from trainer.exported import (DYNAMIC, FORMATS, export_path, metadata_path, read_metadata,
                               sha256_file)
 from trainer.runtime import init_runtime, resolve_device_target
 
-__all__ = ["INPUT_DTYPES", "Uint8Input", "parse_batch", "input_shape", "export_network", "main"]
+__all__ = ["INPUT_DTYPES", "parse_batch", "input_shape", "export_network", "main"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = "export"
 INPUT_DTYPES = {"float32": ms.float32, "uint8": ms.uint8}
-
-
-class Uint8Input(nn.Cell):
-    """uint8 clips in, trainer.data's normalization as the graph's first ops, then ``net``.
-
-    A 310 host then stores and feeds 1 byte per pixel instead of 4. ``x·scale + bias`` per
-    channel (scale 1/(255·std), bias −mean/std, repeated for the N RGB triples of a segment)
-    equals the float pipeline's ``(x/255 − mean)/std`` up to float32 rounding.
-    """
-
-    def __init__(self, net: nn.Cell, frames_per_segment: int) -> None:
-        super().__init__()
-        self.net = net
-        mean, std = np.asarray(MEAN, np.float64), np.asarray(STD, np.float64)
-        shape = (1, 1, 3 * frames_per_segment, 1, 1)
-        self.scale = ms.Tensor(np.tile(1.0 / (255.0 * std), frames_per_segment).reshape(shape),
-                               ms.float32)
-        self.bias = ms.Tensor(np.tile(-mean / std, frames_per_segment).reshape(shape), ms.float32)
-
-    def construct(self, x):
-        return self.net(ops.cast(x, ms.float32) * self.scale + self.bias)
 
 
 def parse_batch(text: str) -> int | None:
@@ -75,10 +55,13 @@ def parse_batch(text: str) -> int | None:
     return batch
 
 
-def input_shape(cfg: Config, batch: int | None) -> tuple[int | None, int, int, int, int]:
-    """(B, T, 3N, S, S) of the test protocol; B None means dynamic."""
-    crop = cfg.test.crop
-    return (batch, cfg.test.segments, 3 * cfg.data.frames_per_segment, crop, crop)
+def input_shape(cfg: Config, batch: int | None, input_dtype: str = "float32") -> tuple[int | None, ...]:
+    """(B, T, 3N, S, S) float clips of the test protocol, or (B, T, N, S, S, 3) uint8 pixels as
+    the loader makes them; B None means dynamic."""
+    crop, n = cfg.test.crop, cfg.data.frames_per_segment
+    if input_dtype == "uint8":
+        return (batch, cfg.test.segments, n, crop, crop, 3)
+    return (batch, cfg.test.segments, 3 * n, crop, crop)
 
 
 def _check_request(cfg: Config, fmt: str, batch: int | None) -> None:
@@ -122,17 +105,19 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
     checkpoint : path, optional
         Recorded in the JSON.
     input_dtype : str
-        ``float32``: normalized clips, as trainer.eval feeds them. ``uint8``: raw pixels,
-        normalized inside the graph (``Uint8Input``).
+        ``float32``: host-normalized clips (the model zoo's interface). ``uint8``: the
+        loader's pixels, normalized inside the graph (``trainer.precision.PixelInput``), as
+        trainer.eval feeds them.
     """
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"--input must be one of {tuple(INPUT_DTYPES)}, got {input_dtype!r}")
     _check_request(cfg, fmt, batch)
-    shape = input_shape(cfg, batch)
+    shape = input_shape(cfg, batch, input_dtype)
     path = export_path(out_dir, fmt, batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     if input_dtype == "uint8":
-        net = Uint8Input(net, cfg.data.frames_per_segment)
+        from trainer.precision import PixelInput
+        net = PixelInput(net)
     net.set_train(False)
     start = time.perf_counter()
     ms.export(net, ms.Tensor(shape=list(shape), dtype=INPUT_DTYPES[input_dtype]),
@@ -148,7 +133,7 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
         "input_shape": list(shape),
         "input_dtype": input_dtype,
         "output": ["batch", cfg.model.num_classes],
-        "clips_per_video": cfg.test.clips,
+        "views_per_video": views_per_video(cfg),
         "classes": _class_names(cfg),
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "mindspore": ms.__version__,
@@ -164,11 +149,13 @@ def main(args: argparse.Namespace) -> Path:
     cfg = config_from_args(args)
     batch = parse_batch(args.batch)
     _check_request(cfg, args.format, batch)  # before the slow network build
-    ckpt = checkpoint_arg(cfg, args.ckpt)
+    cfg = cloud.prepare(cfg, ())   # labels.txt only: the class names of the metadata
+    ckpt = checkpoint_arg(cfg, cloud.checkpoint(cfg, args.ckpt))
     rank, _ = init_runtime(cfg)
     setup_logging(rank)
     from trainer.precision import inference_network  # heavy; after the cheap checks
-    net = inference_network(cfg, ckpt)   # the graph evaluated in training (float16 inside on Ascend)
+    # The graph evaluated in training (float16 inside on Ascend); export_network adds the input.
+    net = inference_network(cfg, ckpt, pixels=False)
     out_dir = Path(args.out) if args.out else Path(DEFAULT_OUT) / cfg.name
     path = export_network(net, cfg, args.format, batch=batch, out_dir=out_dir, checkpoint=ckpt,
                           input_dtype=args.input)
@@ -176,6 +163,8 @@ def main(args: argparse.Namespace) -> Path:
     print(f"exported {path} format={meta['format']} input={meta['input_shape']} "
           f"dtype={meta['input_dtype']} bytes={meta['bytes']} sha256={meta['sha256'][:16]}",
           flush=True)
+    if rank == 0:
+        cloud.push_outputs(cfg, [path, metadata_path(path)])
     return path
 
 
@@ -188,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", default="1",
                         help=f"clips per call: a positive integer or {DYNAMIC!r} (default 1)")
     parser.add_argument("--input", default="float32", choices=tuple(INPUT_DTYPES),
-                        help="float32: normalized clips (as trainer.eval); uint8: raw pixels, "
-                        "normalized inside the graph (the 310 package's clips, 4x smaller)")
+                        help="float32: host-normalized clips (the model zoo's interface); uint8: "
+                        "the loader's pixels, normalized inside the graph (the 310 package's "
+                        "clips, 4x smaller)")
     parser.add_argument("--out", help=f"output folder (default: {DEFAULT_OUT}/<name>)")
     return parser
 

@@ -6,7 +6,9 @@
 The run folder (``trainer.rundir``) gets the resolved config, ``train.jsonl`` (one JSON object per
 log window and per evaluation), the last K epoch checkpoints (full state) and ``best.ckpt``
 (weights with the best validation top-1). Only rank 0 writes, and never a NaN or an infinity:
-every tensor is checked after each epoch, before anything is saved (docs/design.md §3).
+every tensor is checked after each epoch, before anything is saved (docs/design.md §3). In cloud
+mode (``trainer.cloud``) the records are pulled first and rank 0 pushes the run folder to OBS
+after every epoch.
 """
 from __future__ import annotations
 
@@ -22,18 +24,19 @@ import numpy as np
 from mindspore import nn
 
 from datatools.cli import RunStopped, run_cli, setup_logging
+from trainer import cloud
 from trainer.checkpoint import (checkpoint_epoch, non_finite, restore_training_state,
                                 save_training_state, save_weights)
 from trainer.config import Config, config_from_args, config_parser, save_config
 from trainer.data import bad_samples, create_dataset, split_dir
 from trainer.eval import evaluate
 from trainer.model import create_model
-from trainer.precision import cast_network
+from trainer.precision import PixelInput, cast_network
 from trainer.pretrained import load_pretrained
 from trainer.rundir import RunDir
 from trainer.runtime import all_reduce_counts, all_reduce_sum, init_runtime
 from trainer.schedule import build_lr
-from trainer.train_step import build_train_cell, run_step
+from trainer.train_step import PendingStep, StepResult, build_train_cell, launch_step
 
 __all__ = ["TrainingDiverged", "TooManyBadSamples", "BadSamples", "train", "train_one_epoch",
            "average_bn_statistics", "main"]
@@ -112,12 +115,15 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
                     epochs: int = 0) -> int:
     """One pass over ``dataset``; returns the optimizer step count after it.
 
-    Each log line says ``epoch e/E step i/n`` and the time left in the epoch and in the run
-    (``epochs`` = E; the rate is the last log window's).
+    Steps are launched without reading their results; the host waits for the device once per
+    log window, where the window's losses, overflow flags and scale are read and checked (a NaN
+    loss or too many overflows in a row stop the run, naming the step). Each log line says
+    ``epoch e/E step i/n`` and the time left in the epoch and in the run (``epochs`` = E; the
+    rate is the last log window's).
     """
     train_cell.set_train(True)
-    window_loss, window_steps, window_skipped, window_bad, window_wait = [], 0, 0, 0, 0.0
-    window_start, consecutive_skips = time.perf_counter(), 0
+    window: list[tuple[PendingStep, bool]] = []    # launched steps, and whether all were bad
+    window_bad, window_wait, window_start, consecutive_skips = 0, 0.0, time.perf_counter(), 0
     bad.start_epoch()
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     batch_count = dataset.get_dataset_size()
@@ -127,46 +133,46 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
         window_wait += time.perf_counter() - wait_start
         flagged = bad.flagged(problems)
         window_bad += flagged
-        result = run_step(train_cell, clip, label)
+        window.append((launch_step(train_cell, clip, label), flagged == len(problems)))
         step += 1
-        window_steps += 1
-        consecutive_skips = consecutive_skips + 1 if result.skipped else 0
-        if result.skipped:
-            window_skipped += 1
-            logger.debug("step %d: gradient overflow, update skipped, loss scale now %g",
-                         step, result.loss_scale)
-        stopped = f"train stopped at epoch {epoch + 1} step {step}"
-        if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
-            raise TrainingDiverged(f"{stopped}: {consecutive_skips} consecutive steps overflowed "
-                                   f"(loss {result.loss}, loss scale {result.loss_scale:g})")
-        if not result.skipped and not math.isfinite(result.loss):
-            raise TrainingDiverged(f"{stopped}: loss is {result.loss}")
-        if math.isfinite(result.loss) and flagged < len(problems):   # all bad: loss 0, not a mean
-            window_loss.append(result.loss)
-        if window_steps == log_interval or i == batch_count - 1:
-            window_bad = bad.window(window_bad, epoch=epoch + 1, step=step)
-            elapsed = time.perf_counter() - window_start
-            record = dict(epoch=epoch + 1, step=step,
-                          loss=float(np.mean(window_loss)) if window_loss else float("nan"),
-                          lr=float(lr[min(step - 1, len(lr) - 1)]),
-                          clips_per_s=clips_per_step * window_steps / elapsed,
-                          data_wait=window_wait / elapsed,
-                          loss_scale=result.loss_scale, skipped_steps=window_skipped,
-                          bad_samples=window_bad)
-            seconds_per_step = elapsed / window_steps
-            left_in_epoch = batch_count - i - 1
-            left_in_run = left_in_epoch + max(epochs - epoch - 1, 0) * batch_count
-            logger.info("epoch %d/%d step %d/%d loss %.4f lr %.5f clips/s %.1f data wait %.0f%% "
-                        "ETA epoch %s run %s%s%s", record["epoch"], max(epochs, epoch + 1), i + 1,
-                        batch_count, record["loss"], record["lr"], record["clips_per_s"],
-                        100 * record["data_wait"], _duration(left_in_epoch * seconds_per_step),
-                        _duration(left_in_run * seconds_per_step),
-                        f" loss scale {result.loss_scale:g} skipped {window_skipped}"
-                        if result.loss_scale != 1.0 or window_skipped else "",
-                        f" bad samples {window_bad}" if window_bad else "")
-            run_log.write(**record)
-            window_loss, window_steps, window_skipped, window_bad, window_wait = [], 0, 0, 0, 0.0
-            window_start = time.perf_counter()
+        if len(window) < log_interval and i < batch_count - 1:
+            continue
+        losses, skipped, result = [], 0, StepResult(float("nan"), False, 1.0)
+        for k, (launched, all_bad) in enumerate(window):
+            result = launched.result()
+            stopped = f"train stopped at epoch {epoch + 1} step {step - len(window) + k + 1}"
+            consecutive_skips = consecutive_skips + 1 if result.skipped else 0
+            if result.skipped:
+                skipped += 1
+                logger.debug("%s: gradient overflow, update skipped", stopped)
+            if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
+                raise TrainingDiverged(f"{stopped}: {consecutive_skips} consecutive steps overflowed "
+                                       f"(loss {result.loss}, loss scale {result.loss_scale:g})")
+            if not result.skipped and not math.isfinite(result.loss):
+                raise TrainingDiverged(f"{stopped}: loss is {result.loss}")
+            if math.isfinite(result.loss) and not all_bad:   # all bad: loss 0, not a mean
+                losses.append(result.loss)
+        window_bad = bad.window(window_bad, epoch=epoch + 1, step=step)
+        elapsed = time.perf_counter() - window_start
+        record = dict(epoch=epoch + 1, step=step,
+                      loss=float(np.mean(losses)) if losses else float("nan"),
+                      lr=float(lr[min(step - 1, len(lr) - 1)]),
+                      clips_per_s=clips_per_step * len(window) / elapsed,
+                      data_wait=window_wait / elapsed,
+                      loss_scale=result.loss_scale, skipped_steps=skipped, bad_samples=window_bad)
+        seconds_per_step = elapsed / len(window)
+        left_in_epoch = batch_count - i - 1
+        left_in_run = left_in_epoch + max(epochs - epoch - 1, 0) * batch_count
+        logger.info("epoch %d/%d step %d/%d loss %.4f lr %.5f clips/s %.1f data wait %.0f%% "
+                    "ETA epoch %s run %s%s%s", record["epoch"], max(epochs, epoch + 1), i + 1,
+                    batch_count, record["loss"], record["lr"], record["clips_per_s"],
+                    100 * record["data_wait"], _duration(left_in_epoch * seconds_per_step),
+                    _duration(left_in_run * seconds_per_step),
+                    f" loss scale {result.loss_scale:g} skipped {skipped}"
+                    if result.loss_scale != 1.0 or skipped else "",
+                    f" bad samples {window_bad}" if window_bad else "")
+        run_log.write(**record)
+        window, window_bad, window_wait, window_start = [], 0, 0.0, time.perf_counter()
     return step
 
 
@@ -214,6 +220,9 @@ def train(cfg: Config) -> dict:
     """Train to ``train.epochs``; returns the last evaluation (empty if none ran)."""
     rank, group_size = init_runtime(cfg)
     setup_logging(rank)
+    # After init_runtime: msrun's cluster start-up times out if a rank pulls before joining.
+    cfg = cloud.prepare(cfg, (cfg.data.train_split, cfg.data.val_split))
+    cloud.pull_run(cfg)
     run = RunDir.of(cfg)
     is_writer = rank == 0
     resume = _resume_path(cfg, run)
@@ -233,7 +242,8 @@ def train(cfg: Config) -> dict:
     net = create_model(cfg)
     if resume is None and cfg.model.pretrained:
         load_pretrained(net, cfg.model.pretrained)
-    net = cast_network(net, cfg)   # the same cast as trainer.eval and trainer.export
+    # The network trainer.eval and trainer.predict run: cast alike, taking the loader's pixels.
+    net = PixelInput(cast_network(net, cfg))
     steps_per_epoch = create_dataset(cfg, cfg.data.train_split, training=True, rank=rank,
                                      group_size=group_size).get_dataset_size()
     lr = build_lr(cfg.train, steps_per_epoch)
@@ -268,22 +278,24 @@ def train(cfg: Config) -> dict:
             saved = save_training_state(train_cell, run, epoch + 1, step, cfg.train.keep_checkpoints)
             logger.info("saved %s", saved)
         last = epoch + 1 == cfg.train.epochs
-        if (epoch + 1) % cfg.train.eval_interval and not last:
-            continue
-        val = create_dataset(cfg, cfg.data.val_split, training=False, rank=rank, group_size=group_size)
-        metrics = evaluate(net, val, cfg.model.num_classes, group_size=group_size)
-        logger.info("epoch %d eval top1 %.4f top5 %.4f videos %d", epoch + 1, metrics["top1"],
-                    metrics["top5"], metrics["videos"])
-        run_log.write(epoch=epoch + 1, step=step, top1=metrics["top1"], top5=metrics["top5"],
-                      videos=metrics["videos"])
-        if is_writer and metrics["top1"] > best:
-            best = metrics["top1"]
-            save_weights(net, run.best_weights, epoch + 1)
-            run.write_best_score(epoch + 1, best)
-            logger.info("saved %s: top1 %.4f at epoch %d", run.best_weights, best, epoch + 1)
+        if (epoch + 1) % cfg.train.eval_interval == 0 or last:
+            val = create_dataset(cfg, cfg.data.val_split, training=False, rank=rank, group_size=group_size)
+            metrics = evaluate(net, val, cfg.model.num_classes, group_size=group_size)
+            logger.info("epoch %d eval top1 %.4f top5 %.4f videos %d", epoch + 1, metrics["top1"],
+                        metrics["top5"], metrics["videos"])
+            run_log.write(epoch=epoch + 1, step=step, top1=metrics["top1"], top5=metrics["top5"],
+                          videos=metrics["videos"])
+            if is_writer and metrics["top1"] > best:
+                best = metrics["top1"]
+                save_weights(net, run.best_weights, epoch + 1)
+                run.write_best_score(epoch + 1, best)
+                logger.info("saved %s: top1 %.4f at epoch %d", run.best_weights, best, epoch + 1)
+        if is_writer:
+            cloud.push_run(cfg, run)
     if is_writer:
         for line in summary_lines(run, metrics, time.perf_counter() - started):
             logger.info("%s", line)
+        cloud.push_run(cfg, run, final=True)   # the curves, and a last try at what failed
     return metrics
 
 

@@ -28,7 +28,7 @@ from trainer.precision import amp_level
 from trainer.pretrained import CLASSIFIER_PREFIX
 
 __all__ = ["LOSS_SCALE_MANAGERS", "StepResult", "MaskedCrossEntropy", "LossScaledTrainStep",
-           "build_train_cell", "run_step"]
+           "PendingStep", "build_train_cell", "launch_step", "run_step"]
 
 _not_finite = ops.MultitypeFuncGraph("not_finite")
 
@@ -130,10 +130,26 @@ def build_train_cell(net: nn.Cell, cfg: Config, lr: np.ndarray) -> nn.Cell:
     return LossScaledTrainStep(loss, optimizer, _scale_update_cell(cfg)).set_train()
 
 
+@dataclass(frozen=True)
+class PendingStep:
+    """A launched step's outputs, left on the device: reading them (``result``) makes the host
+    wait for the device, so the training loop reads a log window's steps at once."""
+
+    outputs: ms.Tensor | tuple
+
+    def result(self) -> StepResult:
+        """The loss (and the overflow flag and scale when scaled), read back."""
+        if isinstance(self.outputs, tuple):
+            loss, overflow, scale = self.outputs
+            return StepResult(float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy()))
+        return StepResult(float(self.outputs.asnumpy()), False, 1.0)
+
+
+def launch_step(train_cell: nn.Cell, clip: ms.Tensor, label: ms.Tensor) -> PendingStep:
+    """One optimizer step, without waiting for it."""
+    return PendingStep(train_cell(clip, label))
+
+
 def run_step(train_cell: nn.Cell, clip: ms.Tensor, label: ms.Tensor) -> StepResult:
-    """One optimizer step; reads back the loss (and the overflow flag and scale when scaled)."""
-    out = train_cell(clip, label)
-    if isinstance(out, tuple):
-        loss, overflow, scale = out
-        return StepResult(float(loss.asnumpy()), bool(overflow.asnumpy()), float(scale.asnumpy()))
-    return StepResult(float(out.asnumpy()), False, 1.0)
+    """One optimizer step, read back at once."""
+    return launch_step(train_cell, clip, label).result()

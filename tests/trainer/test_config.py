@@ -172,7 +172,8 @@ def test_a_root_config_is_checked_too(tmp_path):
     ("train.resume=5", "config key 'train.resume' expects str or null, got 5"),
     ("train.resume=[a, b]", "config key 'train.resume' expects str or null, got ['a', 'b']"),
     ("model.pretrained=3", "config key 'model.pretrained' expects str or null, got 3"),
-    ("train.lr=null", "config key 'train.lr' may not be null (only model.pretrained, train.resume may)"),
+    ("train.lr=null", "config key 'train.lr' may not be null (only model.pretrained, train.resume, "
+                      "cloud.data_url, cloud.train_url, cloud.checkpoint_url, cloud.endpoint may)"),
 ])
 def test_nullable_keys_are_typed_and_others_are_not_nullable(override, message):
     with pytest.raises(ConfigError) as info:

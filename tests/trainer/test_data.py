@@ -98,7 +98,7 @@ def _video(levels: list[int], height: int, width: int) -> tuple[memoryview, np.n
 def test_decoder_shape_channel_order_and_normalization():
     levels = [20, 60, 100, 140, 180, 220]
     blob, offsets = _video(levels, 64, 80)
-    decoder = ClipDecoder(short_side=64, crop=32)
+    decoder = ClipDecoder(short_side=64, crop=32, normalize=True)
     indices = np.arange(6).reshape(2, 3)  # T=2 segments of N=3 frames
     clip = decoder(decoder.decode(blob, offsets, indices), 2, top=16, left=40, flip=False)
     assert clip.shape == (2, 9, 32, 32) and clip.dtype == np.float32
@@ -107,14 +107,32 @@ def test_decoder_shape_channel_order_and_normalization():
     np.testing.assert_allclose(got, expected, atol=0.03)
 
 
+def test_pixels_normalized_by_the_network_equal_the_host_normalization():
+    """The loader's uint8 pixels through PixelInput give the host-normalized clip of the same
+    frames (to float32 rounding): moving normalization to the device changes no input."""
+    import mindspore as ms
+    from mindspore import nn
+
+    from trainer.precision import PixelInput
+
+    frames = [np.random.default_rng(i).integers(0, 256, (64, 85, 3), np.uint8) for i in range(6)]
+    pixels = ClipDecoder(64, 56)(frames, 2, top=3, left=7, flip=True)
+    assert pixels.shape == (2, 3, 56, 56, 3) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels[1, 2], frames[5][3:59, 7:63][:, ::-1])   # crop, flip
+    host = ClipDecoder(64, 56, normalize=True)(frames, 2, top=3, left=7, flip=True)
+    device = PixelInput(nn.Identity())(ms.Tensor(pixels[None])).asnumpy()[0]
+    assert device.shape == host.shape == (2, 9, 56, 56)
+    np.testing.assert_allclose(device, host, rtol=0, atol=1e-6)
+
+
 def test_decoder_flip_mirrors_and_rescales_short_side():
     blob, offsets = _video([50], 48, 60)  # stored below the short side: scaled 48 -> 96 (×2)
     decoder = ClipDecoder(short_side=96, crop=96)
     frames = decoder.decode(blob, offsets, np.zeros((1, 1), np.int64))
     assert frames[0].shape == (96, 120, 3)
-    plain = decoder(frames, 1, top=0, left=0, flip=False)
+    plain = decoder(frames, 1, top=0, left=0, flip=False)       # (T, N, H, W, 3) pixels
     flipped = decoder(frames, 1, top=0, left=0, flip=True)
-    np.testing.assert_array_equal(flipped, plain[..., ::-1])
+    np.testing.assert_array_equal(flipped, plain[:, :, :, ::-1])
     assert plain[0, 0, :, :10].mean() > plain[0, 0, :, -10:].mean() + 1  # bright column left
 
 
@@ -145,9 +163,9 @@ def _ops() -> tuple[TrainClips, EvalClips]:
 def test_map_ops_pass_a_sound_sample():
     train_op, eval_op = _ops()
     clip, label, problem = train_op(*_sample())
-    assert clip.shape == (2, 6, 32, 32) and clip.any() and label == 2 and problem == ""
+    assert clip.shape == (2, 2, 32, 32, 3) and clip.any() and label == 2 and problem == ""
     clip, label, mask, video_id, problem = eval_op(*_sample())
-    assert clip.shape == (1, 2, 6, 32, 32) and (label, mask, str(video_id), problem) == (2, 1, "v1", "")
+    assert clip.shape == (1, 2, 2, 32, 32, 3) and (label, mask, str(video_id), problem) == (2, 1, "v1", "")
 
 
 @pytest.mark.parametrize("column, value, reason", [
@@ -206,7 +224,7 @@ def _batches(dataset) -> list[dict]:
     return list(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))
 
 
-def test_training_batches_shape_dtype_and_normalization(cfg):
+def test_training_batches_shape_and_dtype(cfg):
     dataset = create_dataset(cfg, "train", training=True, epoch=0)
     videos = len(_ok_ids(cfg, cfg.data.train_split))
     assert dataset.get_dataset_size() == videos // cfg.data.batch_size
@@ -214,11 +232,9 @@ def test_training_batches_shape_dtype_and_normalization(cfg):
     assert len(batches) == videos // cfg.data.batch_size
     clip = batches[0][CLIP]
     t, n, c = cfg.data.num_segments, cfg.data.frames_per_segment, cfg.data.crop_size
-    assert clip.shape == (cfg.data.batch_size, t, 3 * n, c, c) and clip.dtype == np.float32
+    assert clip.shape == (cfg.data.batch_size, t, n, c, c, 3) and clip.dtype == np.uint8
     assert batches[0][LABEL].dtype == np.int32
-    # Normalized pixels lie in [(0 - mean)/std, (1 - mean)/std].
-    assert clip.min() >= (0 - max(MEAN)) / min(STD) - 1e-5
-    assert clip.max() <= (1 - min(MEAN)) / min(STD) + 1e-5
+    assert clip.min() < 50 and clip.max() > 200      # pixels, not normalized values
 
 
 def test_training_is_deterministic_per_seed_and_epoch(cfg):
@@ -274,7 +290,7 @@ def test_eval_multi_clip_shape_and_centre_crop_is_deterministic(cfg):
     multi = load_config(DEMO, [f"data.root={cfg.data.root}", "test.clips=2", "test.segments=3"])
     a, b = (_batches(create_dataset(multi, "val", training=False))[0] for _ in range(2))
     s, n = multi.test.crop, multi.data.frames_per_segment
-    assert a[CLIP].shape == (len(a[MASK]), 2, 3, 3 * n, s, s)
+    assert a[CLIP].shape == (len(a[MASK]), 2, 3, n, s, s, 3)
     np.testing.assert_array_equal(a[CLIP], b[CLIP])
     assert a[MASK].all()
 

@@ -31,6 +31,7 @@ from trainer.config import load_config
 from trainer.data import CLIP, MASK, create_dataset
 from trainer.eval import TOP_K, evaluate
 from trainer.model import create_model
+from trainer.precision import PixelInput
 from trainer.runtime import init_runtime
 
 from tests.conftest import TINY_SHORT_SIDE, TINY_SPEC, TINY_VIDEOS_PER_SHARD
@@ -119,7 +120,7 @@ def planted(cfg, tmp_path_factory) -> dict:
                                                                                 output_numpy=True):
         real = batch[MASK].astype(bool)
         clips = batch[CLIP][real]
-        out = net(ms.Tensor(clips.reshape(-1, *clips.shape[2:]))).asnumpy()
+        out = PixelInput(net)(ms.Tensor(clips.reshape(-1, *clips.shape[2:]))).asnumpy()
         features.append(out.reshape(*clips.shape[:2], -1))
         labels.extend(batch[LABEL][real].tolist())
         video_ids.extend(str(v) for v in batch[VIDEO_ID][real])
@@ -156,7 +157,7 @@ def test_evaluate_scores_each_video_by_its_mean_clip_softmax(cfg, planted):
     init_runtime(cfg)
     net = create_model(cfg)
     load_weights(net, planted["ckpt"])
-    result = evaluate(net, create_dataset(cfg, "val", training=False), CLASSES)
+    result = evaluate(PixelInput(net), create_dataset(cfg, "val", training=False), CLASSES)
 
     labels, logits = planted["labels"], planted["logits"]
     expected = _expected(labels, _softmax(logits).mean(axis=1))
@@ -191,7 +192,7 @@ def test_load_weights_refuses_a_checkpoint_missing_parameters(cfg, planted, tmp_
 def _tiny_net(tiny_cfg) -> nn.Cell:
     init_runtime(tiny_cfg)
     ms.set_seed(3)
-    return create_model(tiny_cfg)
+    return PixelInput(create_model(tiny_cfg))
 
 
 def test_evaluate_refuses_an_altered_video(altered_records):
@@ -207,7 +208,7 @@ def test_evaluate_refuses_an_altered_video(altered_records):
 def test_evaluate_refuses_non_finite_logits(tiny_records):
     tiny_cfg = load_config(DEMO, [f"data.root={tiny_records}", "model.width=4", "mode=pynative"])
     net = _tiny_net(tiny_cfg)
-    net.fc.bias.set_data(ms.Tensor(np.array([0, np.nan, 0, 0], np.float32)))
+    net.net.fc.bias.set_data(ms.Tensor(np.array([0, np.nan, 0, 0], np.float32)))
     dataset = create_dataset(tiny_cfg, "val", training=False)
     first = str(next(dataset.create_dict_iterator(num_epochs=1, output_numpy=True))[VIDEO_ID][0])
     with pytest.raises(ValueError, match=rf"^video {first}: the network's logits are not finite "

@@ -104,8 +104,13 @@ def evaluated(run) -> dict:
 
 
 def _clip_shape(cfg) -> list[int]:
-    """One clip as the config's test protocol shapes it: (1, T, 3N, S, S)."""
+    """One float clip as the config's test protocol shapes it: (1, T, 3N, S, S)."""
     return [1, cfg.test.segments, 3 * cfg.data.frames_per_segment, cfg.test.crop, cfg.test.crop]
+
+
+def _pixel_shape(cfg) -> list[int]:
+    """The same clip as uint8 pixels: (1, T, N, S, S, 3)."""
+    return [1, cfg.test.segments, cfg.data.frames_per_segment, cfg.test.crop, cfg.test.crop, 3]
 
 
 def test_preprocess_writes_every_video_once(run, tiny_records):
@@ -114,18 +119,20 @@ def test_preprocess_writes_every_video_once(run, tiny_records):
     assert meta["videos"] == len(labels) == 12  # the tiny val split, padding excluded
     assert len(meta["files"]) == CLIPS_PER_VIDEO * meta["videos"]
     assert len(set(meta["video_ids"])) == meta["videos"]
-    assert meta["clip_shape"] == _clip_shape(run["cfg"])
+    assert meta["clip_shape"] == _pixel_shape(run["cfg"])
+    assert run["float_meta"]["clip_shape"] == _clip_shape(run["cfg"])
     assert sorted(np.bincount(labels).tolist()) == [3, 3, 3, 3]
     assert (work / NAMES_FILE).read_text() == tiny_records.labels.read_text()
     assert meta["dtype"] == "uint8" and run["float_meta"]["dtype"] == "float32"
-    assert {k: v for k, v in run["float_meta"].items() if k != "dtype"} == \
-        {k: v for k, v in meta.items() if k != "dtype"}
+    assert {k: v for k, v in run["float_meta"].items() if k not in ("dtype", "clip_shape")} == \
+        {k: v for k, v in meta.items() if k not in ("dtype", "clip_shape")}
 
 
 def test_uint8_clips_are_the_float_clips_before_normalization(run):
-    """Same videos, frames, crop and channel layout: only the normalization moved."""
-    pixels = _read_clips(run["work"], run["meta"]).astype(np.float64)
-    n = run["cfg"].data.frames_per_segment
+    """Same videos, frames and crop: only the normalization and the channel layout moved."""
+    pixels = _read_clips(run["work"], run["meta"]).astype(np.float64)   # (V, T, N, S, S, 3)
+    v, t, n, h, w, c = pixels.shape
+    pixels = pixels.transpose(0, 1, 2, 5, 3, 4).reshape(v, t, n * c, h, w)
     mean = np.tile(MEAN, n)[:, None, None]
     std = np.tile(STD, n)[:, None, None]
     floats = _read_clips(run["float_work"], run["float_meta"])
@@ -138,7 +145,7 @@ def test_uint8_padding_rows_batch_with_uint8_clips():
     offsets = np.zeros(1, np.int64)
     clip, _, mask, _, problem = op(np.zeros(1, "S1"), offsets, 0, -1, "",
                                    sample_checksum("", -1, offsets, b"\x00"))
-    assert clip.dtype == np.uint8 and clip.shape == (2, 4, 9, 56, 56) and mask == 0 and problem == ""
+    assert clip.dtype == np.uint8 and clip.shape == (2, 4, 3, 56, 56, 3) and mask == 0 and problem == ""
 
 
 def test_preprocess_refuses_an_altered_video(altered_records, tmp_path):
@@ -154,7 +161,7 @@ def test_uint8_clips_are_4x_smaller(run):
         return [(work / DATA_DIR / name).stat().st_size for name in meta["files"]]
 
     small, big = sizes(run["work"], run["meta"]), sizes(run["float_work"], run["float_meta"])
-    assert set(small) == {int(np.prod(_clip_shape(run["cfg"])))}
+    assert set(small) == {int(np.prod(_pixel_shape(run["cfg"])))}
     assert [4 * s for s in small] == big
 
 
@@ -214,8 +221,8 @@ def test_postprocess_without_results_is_one_line_error(run, tmp_path):
 
 
 def test_runner_rejects_mismatched_export(run, tmp_path):
-    exported = _clip_shape(run["cfg"])
-    other = dict(read_meta(run["work"]), clip_shape=exported[:3] + [exported[3] + 8] * 2)
+    exported = _pixel_shape(run["cfg"])
+    other = dict(read_meta(run["work"]), clip_shape=exported[:3] + [exported[3] + 8] * 2 + [3])
     (tmp_path / META_NAME).write_text(json.dumps(other))
     with pytest.raises(ValueError, match=re.escape(f"takes input {exported}")):
         run_clips(run["export"] / MODEL, tmp_path)

@@ -19,6 +19,7 @@ from trainer.config import load_config
 from trainer.rundir import RunDir
 from trainer.train import TooManyBadSamples, TrainingDiverged, train
 
+from tests.trainer.conftest import LEARN_VAL_PER_CLASS
 from tests.trainer.test_config import DEMO, REPO
 
 TINY = ["model.width=8", "data.batch_size=4", "train.lr_schedule=step", "train.lr_milestones=[1]",
@@ -191,38 +192,9 @@ def test_train_cli_reports_missing_records_in_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "split folder not found" in result.stderr, result.stderr
 
 
-@pytest.fixture(scope="module")
-def learnable_records(tmp_path_factory):
-    """A demo-like synthetic set large enough to learn from in a few epochs."""
-    from datatools.convert import convert
-    from datatools.labels import class_names, write_labels
-    from datatools.kinetics import read_csv
-    from datatools.schema import LABELS_NAME
-    from datatools.manifest import Settings
-    from datatools.synth import SynthSpec, make_dataset
-
-    base = tmp_path_factory.mktemp("learnable")
-    train_csv, val_csv = make_dataset(base / "source", 4, LEARN_TRAIN_PER_CLASS, LEARN_VAL_PER_CLASS,
-                                      seed=3, spec=SynthSpec(num_frames=16, width=96, height=64))
-    labels = write_labels(class_names(e.label for e in read_csv(train_csv)), base / LABELS_NAME)
-    settings = Settings(short_side=64, quality=90, max_fps=None, videos_per_shard=32, seed=0,
-                        page_size=1 << 20)
-    for split, csv_path in (("train", train_csv), ("val", val_csv)):
-        convert(csv_path, base / "source" / "videos", labels, base / split, settings, workers=2)
-    return base
-
-
-LEARN_TRAIN_PER_CLASS, LEARN_VAL_PER_CLASS = 40, 10
-
-
-def test_demo_config_learns_far_above_chance(learnable_records, tmp_path):
-    # The demo's lr is for 16 clips a step (8 msrun workers x 2); one process with 8 clips a step
-    # takes half of it (linear scaling). At twice that, 1 seed in 3 stayed near chance.
-    metrics = train(load_config(DEMO, [f"data.root={learnable_records}", f"train.output_dir={tmp_path}",
-                                      "train.epochs=6", "data.batch_size=8", "train.lr=0.01",
-                                      "train.eval_interval=6"]))
-    assert metrics["videos"] == 4 * LEARN_VAL_PER_CLASS
-    assert metrics["top1"] >= 0.6, metrics  # chance is 0.25
+def test_demo_config_learns_far_above_chance(learned_run):
+    assert learned_run.metrics["videos"] == 4 * LEARN_VAL_PER_CLASS
+    assert learned_run.metrics["top1"] >= 0.6, learned_run.metrics  # chance is 0.25
 
 
 def test_plot_draws_the_run_curves(straight_run, tmp_path):

@@ -140,7 +140,7 @@ def test_inference_network_runs_the_trained_precision(tmp_path):
     save_weights(trained, tmp_path / "w.ckpt", epoch=1)
     clip = _batch()[0]
     expected = trained(clip).asnumpy()
-    loaded = inference_network(cfg, tmp_path / "w.ckpt")(clip).asnumpy()
-    fp32 = inference_network(load_config(DEMO, overrides[:2]), tmp_path / "w.ckpt")(clip).asnumpy()
+    loaded = inference_network(cfg, tmp_path / "w.ckpt", pixels=False)(clip).asnumpy()
+    fp32 = inference_network(load_config(DEMO, overrides[:2]), tmp_path / "w.ckpt", pixels=False)(clip).asnumpy()
     assert loaded.dtype == np.float32 and np.array_equal(loaded, expected)
     assert not np.array_equal(fp32, expected)   # the cast is visible: the test can fail

@@ -92,7 +92,7 @@ def _zoo_config(root, *overrides):
 def test_zoo_clips_match_the_reference_pipeline_on_the_source(zoo_records, split):
     """What remains is JPEG q90 re-encoding and the converter's own downscale before PIL's."""
     root, sources = zoo_records
-    batch = next(create_dataset(_zoo_config(root), split, training=False)
+    batch = next(create_dataset(_zoo_config(root), split, training=False, normalize=True)
                  .create_dict_iterator(num_epochs=1, output_numpy=True))
     ours = batch[CLIP][0, 0]
     reference = _source_clip(sources[split], 8)
@@ -101,7 +101,7 @@ def test_zoo_clips_match_the_reference_pipeline_on_the_source(zoo_records, split
     print(f"{split}: mean |ours - reference| = {error.mean():.2f} grey levels, "
           f"99th percentile {np.percentile(error, 99):.1f}")
     assert error.mean() < 4.0   # measured 1.9-3.0 (JPEG q90 4:2:0 alone: 2.5 on the 340x256 source)
-    keep = next(create_dataset(_zoo_config(root, "data.resize=keep"), split, training=False)
+    keep = next(create_dataset(_zoo_config(root, "data.resize=keep"), split, training=False, normalize=True)
                 .create_dict_iterator(num_epochs=1, output_numpy=True))[CLIP][0, 0]
     keep_error = (np.abs(keep - reference) * grey_levels).mean()
     print(f"{split}: data.resize=keep instead: {keep_error:.2f} grey levels")

@@ -3,11 +3,11 @@
 A 310 host runs an exported graph, not the training code, so the steps meet on disk in one
 work folder:
 
-    <work>/clips.json          what preprocess wrote: clip shape and dtype, K, one file name per
-                               clip, video ids
+    <work>/clips.json          what preprocess wrote: clip shape and dtype, views per video
+                               (K clips × C crops), one file name per view, video ids
     <work>/label_ids.npy       int32 label per video, in order
     <work>/labels.txt          the class names (the records' labels.txt)
-    <work>/data/<name>.bin     one clip (1, T, 3N, S, S), ``stnet_v<video>_c<clip>.bin``: uint8
+    <work>/data/<name>.bin     one view (1, T, 3N, S, S), ``stnet_v<video>_c<view>.bin``: uint8
                                pixels (default) or normalized float32 (preprocess --float-input)
     <work>/result/<name>_0.bin float32 logits (1, num_classes) of that clip (output 0)
 

@@ -3,7 +3,7 @@
     python -m trainer.infer310.postprocess --work export/310
     top1_correct=123, tot=200, acc=0.615
 
-A video's K clip results are scored by ``trainer.scoring.video_scores``, the rule trainer.eval
+A video's K clip × C crop results are scored by ``trainer.scoring.video_scores``, the rule trainer.eval
 uses, so both report the same top-1 for the same checkpoint. Needs only numpy.
 """
 from __future__ import annotations
@@ -38,11 +38,11 @@ def top1(work_dir: str | Path) -> dict:
     work_dir = Path(work_dir)
     meta = read_meta(work_dir)
     labels = np.load(work_dir / LABELS_FILE).astype(np.int64)
-    clips = meta["clips_per_video"]
-    if len(meta["files"]) != clips * len(labels):
+    views = meta["views_per_video"]
+    if len(meta["files"]) != views * len(labels):
         raise ValueError(f"{work_dir}: {len(meta['files'])} clips for {len(labels)} videos, "
-                         f"expected {clips} per video")
-    logits = _read_results(work_dir, meta["files"]).reshape(len(labels), clips, -1)
+                         f"expected {views} per video")
+    logits = _read_results(work_dir, meta["files"]).reshape(len(labels), views, -1)
     correct = int((video_scores(logits).argmax(axis=1) == labels).sum())
     return {"top1_correct": correct, "tot": len(labels), "acc": correct / len(labels)}
 

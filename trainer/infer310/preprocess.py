@@ -3,7 +3,7 @@
     python -m trainer.infer310.preprocess --config configs/demo.yaml --out export/310 [--float-input]
 
 The clips come from the same pipeline as trainer.eval (``create_dataset(training=False)``: K
-centred clips per video, padding masked out), so the 310 result can be checked against it. By
+clips × C crops per video, padding masked out), so the 310 result can be checked against it. By
 default they are the uint8 pixels (for a graph exported with ``--input uint8``, which normalizes
 them itself): 4× fewer bytes to store, copy to the 310 host and feed than the normalized float32
 clips ``--float-input`` writes (the model zoo's interface). Layout of ``--out``: see
@@ -23,8 +23,9 @@ import numpy as np
 from datatools.cli import run_cli, setup_logging
 from datatools.progress import Progress
 from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID
+from trainer import cloud
 from trainer.config import Config, config_from_args, config_parser
-from trainer.data import CLIP, MASK, PROBLEM, bad_samples, create_dataset
+from trainer.data import CLIP, MASK, PROBLEM, bad_samples, create_dataset, views_per_video
 from trainer.infer310 import DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, clip_name
 
 __all__ = ["preprocess", "main"]
@@ -41,7 +42,7 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
     """Write every real video's K clips of ``split`` under ``out_dir``; returns the metadata.
 
     The metadata (also ``clips.json``) holds ``clip_shape`` (1, T, 3N, S, S), ``dtype`` (uint8,
-    or float32 with ``float_input``), ``clips_per_video`` K, ``videos``, ``files`` (clip file
+    or float32 with ``float_input``), ``views_per_video`` (K clips × C crops), ``videos``, ``files`` (clip file
     names, video-major) and ``video_ids``. The records' labels.txt is copied beside them. A
     sample that is not what the converter wrote is a ValueError naming it, as in trainer.eval.
     """
@@ -79,7 +80,7 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
         raise ValueError(f"split {split!r} of {cfg.data.root} has no videos to preprocess")
     np.save(out_dir / LABELS_FILE, np.asarray(labels, np.int32))
     shutil.copyfile(names, out_dir / NAMES_FILE)
-    meta = {"split": split, "videos": len(labels), "clips_per_video": cfg.test.clips,
+    meta = {"split": split, "videos": len(labels), "views_per_video": views_per_video(cfg),
             "clip_shape": clip_shape, "dtype": dtype, "files": files, "video_ids": video_ids}
     (out_dir / META_NAME).write_text(json.dumps(meta, indent=1) + "\n")
     logger.info("preprocess: wrote %d clips of %d videos (%s %s) to %s in %.1f s", len(files),
@@ -89,6 +90,8 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
 
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
+    # In cloud mode data.root becomes the pulled copy of labels.txt and this split.
+    cfg = cloud.prepare(cfg, (cfg.data.get(f"{args.split}_split", args.split),))
     setup_logging()
     meta = preprocess(cfg, args.out, args.split, float_input=args.float_input)
     print(f"videos={meta['videos']} clips={len(meta['files'])} clip_shape={meta['clip_shape']} "

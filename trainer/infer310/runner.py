@@ -95,16 +95,16 @@ def check_export(model: str | Path, meta: dict) -> None:
         logger.warning("%s not found; cannot check the clips against the export",
                        metadata_path(model))
         return
-    expected, clip_shape = exported["input_shape"], meta["clip_shape"]
-    if expected[0] not in (None, 1) or expected[1:] != clip_shape[1:]:
-        raise ValueError(f"{model} takes input {expected} but the clips are {clip_shape}: export "
-                         f"with --batch 1 (or dynamic) and the config used for preprocess")
     wanted, have = exported["input_dtype"], meta["dtype"]
-    if wanted != have:
+    if wanted != have:   # first: uint8 pixels and float clips also differ in shape
         preprocess = "with" if wanted == "float32" else "without"
         raise ValueError(f"{model} takes {wanted} clips but the clips are {have}: rerun "
                          f"trainer.infer310.preprocess {preprocess} --float-input, or export with "
                          f"--input {have}")
+    expected, clip_shape = exported["input_shape"], meta["clip_shape"]
+    if expected[0] not in (None, 1) or expected[1:] != clip_shape[1:]:
+        raise ValueError(f"{model} takes input {expected} but the clips are {clip_shape}: export "
+                         f"with --batch 1 (or dynamic) and the config used for preprocess")
 
 
 def run_clips(model: str | Path, work_dir: str | Path, device: str = "CPU",

@@ -1,0 +1,306 @@
+"""Cloud mode against a real S3 server (moto's, tests/conftest.py): an 8-rank msrun training pulls
+its records from the bucket, pushes its run folder after every epoch, and a second job on an empty
+machine resumes from what was pushed; plus the ModelArts flags, the free-space refusal, the
+waiting ranks' errors and one-line failures that never show a credential."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from datatools import sync
+from datatools.cli import run_cli
+from datatools.obs import Bucket
+from datatools.schema import read_labels
+from tests.conftest import KEY_ID, SECRET
+from tests.trainer.test_config import DEMO, REPO
+from trainer import cloud, eval as eval_cmd, export as export_cmd, train as train_cmd
+from trainer.config import ConfigError, config_from_args, load_config
+from trainer.rundir import RunDir
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def records_url(tiny_records, bucket) -> str:
+    """tiny_records (labels.txt, train/, val/) pushed to the bucket as a user would."""
+    url = f"obs://{bucket}/k400"
+    sync.sync(str(tiny_records.root), url)
+    return url
+
+
+def _copied_bytes(root: Path, tops: tuple[str, ...]) -> int:
+    """Bytes of the files of ``root`` under ``tops`` that datatools.sync copies (no hidden ones)."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()
+               and (rel := p.relative_to(root).as_posix()).split("/")[0] in tops
+               and sync.phase_of(rel) is not None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- flags and config
+
+
+@pytest.mark.parametrize("command", [train_cmd, eval_cmd, export_cmd])
+def test_modelarts_flags_map_to_the_cloud_section_in_both_forms(command):
+    parser = command.build_parser()
+    args = parser.parse_intermixed_args(["--config", str(DEMO), "--data_url=obs://bkt/k400",
+                                         "train.epochs=1", "--train_url", "/cache/out"])
+    cfg = config_from_args(args)
+    assert (cfg.cloud.data_url, cfg.cloud.train_url, cfg.train.epochs) == ("obs://bkt/k400", "/cache/out", 1)
+    assert cfg.cloud.cache_dir == "/cache" and cfg.cloud.checkpoint_url is None
+
+
+def test_a_bad_flag_value_is_one_config_error_naming_it():
+    args = train_cmd.build_parser().parse_intermixed_args(["--config", str(DEMO), "--data_url=obs://Bkt/x"])
+    with pytest.raises(ConfigError, match=r"^cloud\.data_url must be null, a local path or "
+                                          r"obs://bucket/prefix \(malformed OBS URL 'obs://Bkt/x'"):
+        config_from_args(args)
+
+
+# ---------------------------------------------------------------- free space, markers
+
+
+def test_pull_refuses_with_the_numbers_when_the_splits_do_not_fit(tiny_records, records_url, tmp_path):
+    dest = tmp_path / "cache"
+    needed = _copied_bytes(tiny_records.root, ("labels.txt", "train", "val"))
+    with pytest.raises(OSError) as info:
+        cloud.pull_records(records_url, dest, ["train", "val"], free=1000)
+    assert str(info.value) == (f"cannot pull {records_url} (train, val) into {dest}: {needed / 1e6:.2f} MB "
+                               f"still to copy, 1.00 kB free there: free space or set cloud.cache_dir "
+                               f"to a larger disk")
+    assert not dest.exists()                                   # refused before copying anything
+    with pytest.raises(FileNotFoundError, match=rf"^{records_url} holds no test: data_url must name a "
+                                                rf"records root \(labels.txt and one folder per split\)$"):
+        cloud.pull_records(records_url, dest, ["val", "test"])
+    just_fits = _copied_bytes(tiny_records.root, ("labels.txt", "val"))   # the train split not counted
+    cloud.pull_records(records_url, dest, ["val"], free=just_fits)          # pulled and inspected
+    assert sorted(p.name for p in dest.iterdir()) == ["labels.txt", "val"]
+
+
+def test_waiting_ranks_fail_with_rank_0s_error_or_after_the_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(cloud, "POLL_SECONDS", 0.05)
+    marker, token = tmp_path / cloud.MARKER, cloud.launch_token()
+    with pytest.raises(TimeoutError, match=rf"^obs://b/k: waited \d+ s for local rank 0 of this node to "
+                                           rf"start pulling it \(no {re.escape(str(marker))} from this "
+                                           rf"launch\): see its log$"):
+        cloud.wait_for(marker, "obs://b/k", token, timeout=0.2)
+
+    def refused():
+        raise OSError("list obs://b/k/: HTTP 404 NoSuchBucket: no such bucket at http://e")
+
+    with pytest.raises(OSError, match="NoSuchBucket"):            # local rank 0's side
+        cloud.once_per_node(tmp_path, "obs://b/k", refused)
+    with pytest.raises(OSError, match=r"^obs://b/k: local rank 0 failed to pull it: list obs://b/k/: "
+                                      r"HTTP 404 NoSuchBucket"):
+        cloud.wait_for(marker, "obs://b/k", token, timeout=5)
+    with pytest.raises(TimeoutError, match="waited"):             # an earlier launch's marker
+        cloud.wait_for(marker, "obs://b/k", "another launch", timeout=0.2)
+
+    cloud.once_per_node(tmp_path, "obs://b/k", lambda: None)
+    cloud.wait_for(marker, "obs://b/k", token, timeout=5)         # done: returns at once
+    marker.write_text(json.dumps({"token": token, "state": cloud.PULLING, "error": ""}))
+    os.utime(marker, (time.time() - 60, time.time() - 60))
+    with pytest.raises(TimeoutError, match=r"local rank 0 of this node stopped reporting while "
+                                           r"pulling it \(.* untouched for \d+ s\)"):
+        cloud.wait_for(marker, "obs://b/k", token, timeout=0.2)
+
+
+def test_a_pull_longer_than_the_timeout_keeps_the_waiting_ranks_waiting(tmp_path, monkeypatch):
+    monkeypatch.setattr(cloud, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(cloud, "HEARTBEAT_SECONDS", 0.1)
+    leader = threading.Thread(target=cloud.once_per_node, args=(tmp_path, "obs://b/k", lambda: time.sleep(1.5)))
+    leader.start()
+    try:
+        start = time.monotonic()
+        cloud.wait_for(tmp_path / cloud.MARKER, "obs://b/k", cloud.launch_token(), timeout=0.5)
+        assert time.monotonic() - start > 1.0
+    finally:
+        leader.join()
+
+
+# ---------------------------------------------------------------- the run folder on OBS
+
+
+def _fake_run(cfg, epochs: range) -> RunDir:
+    """A run folder as training leaves it (checkpoint bytes need not be real to be copied)."""
+    run = RunDir.of(cfg)
+    for epoch in epochs:
+        run.write_text(run.epoch_checkpoint(epoch), f"state after epoch {epoch}")
+        run.append_log({"epoch": epoch, "step": epoch, "loss": 1.0})
+    return run
+
+
+def test_pushes_keep_what_the_run_keeps_and_a_new_run_never_mixes_with_a_pushed_one(bucket, tmp_path):
+    def config(out: str, *overrides: str):
+        return load_config(DEMO, [f"cloud.train_url=obs://{bucket}/runs", f"train.output_dir={tmp_path / out}",
+                                  "name=pushed", *overrides])
+
+    run = _fake_run(config("a"), range(1, 4))
+    cloud.push_run(config("a"), run)
+    run.prune_checkpoints(keep=2)
+    cloud.push_run(config("a"), run, final=True)
+    assert _remote_files(bucket, "runs/pushed") == {"train.jsonl", "checkpoints/epoch-0002.ckpt",
+                                                    "checkpoints/epoch-0003.ckpt"}
+
+    with pytest.raises(ValueError, match=rf"^obs://{bucket}/runs/pushed already holds a run \(3 files\): "
+                                         rf"resume it with train.resume=auto, start another"):
+        cloud.pull_run(config("b"))
+    ahead = _fake_run(config("c"), range(1, 5))                 # a failed push: this node is ahead
+    cloud.pull_run(config("c", "train.resume=auto"))
+    assert ahead.log.read_text().count("\n") == 4              # its longer log kept, nothing pulled
+    cloud.pull_run(config("d", "train.resume=auto"))            # an empty machine takes the pushed run
+    assert [p.name for p in RunDir(tmp_path / "d" / "pushed").epoch_checkpoints()] == [
+        "epoch-0002.ckpt", "epoch-0003.ckpt"]
+    cloud.pull_run(config("e", "train.overwrite=true"))         # a new run in its place
+    assert _remote_files(bucket, "runs/pushed") == set()
+
+
+def test_local_locations_are_used_as_they_are(tmp_path):
+    cfg = cloud.prepare(load_config(DEMO, [f"cloud.data_url={tmp_path / 'k400'}", f"cloud.train_url={tmp_path}",
+                                           f"cloud.checkpoint_url={tmp_path / 'ckpt'}",
+                                           "model.pretrained=resnet50.ckpt"]), ["train", "val"])
+    assert (cfg.data.root, cfg.train.output_dir) == (str(tmp_path / "k400"), str(tmp_path))
+    assert cfg.model.pretrained == str(tmp_path / "ckpt" / "resnet50.ckpt") and not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- one-line failures
+
+
+def _train_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = run_cli(train_cmd.build_parser(), train_cmd.main, ["--config", str(DEMO), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_missing_bucket_or_an_unreachable_endpoint_is_one_line_without_credentials(env, tmp_path, capsys):
+    common = [f"cloud.cache_dir={tmp_path / 'cache'}", f"train.output_dir={tmp_path / 'runs'}"]
+    code, out, err = _train_cli(capsys, "--data_url=obs://no-such-bucket/k400", *common)
+    assert code == 1 and err == (f"error: list obs://no-such-bucket/k400/: HTTP 404 NoSuchBucket: no such "
+                                 f"bucket at {env}\n")
+    port = _free_port()                                     # nothing listens on it
+    code, out2, err = _train_cli(capsys, "--train_url=obs://runs-bucket/runs",
+                                 f"cloud.endpoint=http://127.0.0.1:{port}", *common)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"error: list obs://runs-bucket/runs/demo/: cannot reach http://127.0.0.1:{port}: ")
+    assert KEY_ID not in out + out2 + err and SECRET not in out + out2 + err
+
+
+def test_missing_credentials_are_one_line(env, monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("OBS_ACCESS_KEY_ID")
+    code, _, err = _train_cli(capsys, "--data_url=obs://records/k400", f"cloud.cache_dir={tmp_path}")
+    assert code == 2 and err == ("error: set OBS_ACCESS_KEY_ID in the environment (and OBS_SECURITY_TOKEN "
+                                 "for temporary credentials)\n")
+
+
+def test_eval_pulls_val_and_the_runs_best_and_export_pushes_its_files(tiny_records, records_url, bucket,
+                                                                      tmp_path, capsys):
+    from trainer.checkpoint import save_weights
+    from trainer.config import load_config
+    from trainer.model import create_model
+
+    tiny = ["model.width=4", "mode=pynative", "name=cloud"]
+    weights = tmp_path / "best.ckpt"
+    save_weights(create_model(load_config(DEMO, tiny)), weights, epoch=1)
+    Bucket(bucket).upload(weights, "runs/cloud/best.ckpt")         # as a training job pushed it
+    args = ["--config", str(DEMO), *tiny, f"--data_url={records_url}", f"--train_url=obs://{bucket}/runs",
+            f"cloud.cache_dir={tmp_path / 'cache'}", f"train.output_dir={tmp_path / 'runs'}"]
+    assert run_cli(eval_cmd.build_parser(), eval_cmd.main, args) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith(" videos=12")
+    pulled = tmp_path / "cache" / "data" / bucket / "k400"
+    assert sorted(p.name for p in pulled.iterdir()) == [cloud.MARKER, "labels.txt", "val"]   # no train
+    assert (tmp_path / "runs" / "cloud" / "best.ckpt").read_bytes() == weights.read_bytes()
+
+    assert run_cli(export_cmd.build_parser(), export_cmd.main, [*args, "--out", str(tmp_path / "export")]) == 0
+    assert _remote_files(bucket, "runs/cloud/export") == {"stnet_b1.mindir", "stnet_b1.mindir.json"}
+    meta = json.loads((tmp_path / "export" / "stnet_b1.mindir.json").read_text())
+    assert meta["classes"] == read_labels(tiny_records.labels) and meta["config"]["data"]["root"] == str(pulled)
+
+
+def test_310_preprocess_pulls_the_split_it_writes(records_url, tmp_path, capsys):
+    from trainer.infer310 import preprocess as preprocess_cmd
+
+    args = ["--config", str(DEMO), "--out", str(tmp_path / "work"), f"--data_url={records_url}",
+            f"cloud.cache_dir={tmp_path / 'cache'}"]
+    assert run_cli(preprocess_cmd.build_parser(), preprocess_cmd.main, args) == 0
+    assert "videos=12 " in capsys.readouterr().out
+    pulled = tmp_path / "cache" / "data"
+    assert sorted(p.name for p in next(pulled.glob("*/k400")).iterdir()) == [cloud.MARKER, "labels.txt", "val"]
+
+
+# ---------------------------------------------------------------- 8 ranks, push, resume elsewhere
+
+
+def _msrun_train(work: Path, job: str, ranks: int, *overrides: str) -> str:
+    """A CPU training job of ``ranks`` processes under msrun (a tiny PyNative StNet: its first
+    step costs 6 s of CPU per process, a graph compile 12 s); returns rank 0's log."""
+    logs = work / f"msrun-{job}"
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        ["msrun", f"--worker_num={ranks}", f"--local_worker_num={ranks}", f"--master_port={_free_port()}",
+         f"--log_dir={logs}", "--join=True", str(REPO / "scripts" / "launch.py"), "trainer.train",
+         "--config", str(DEMO), "model.width=4", "mode=pynative", "data.num_workers=1",
+         "train.log_interval=1", "name=cloud", *overrides],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    rank0 = (logs / "worker_0.log").read_text()
+    assert result.returncode == 0, rank0[-3000:] + "\n".join(
+        (logs / f"worker_{r}.log").read_text()[-1500:] for r in range(1, ranks))
+    return rank0
+
+
+def _remote_files(bucket: str, prefix: str) -> set[str]:
+    return {o.key[len(prefix) + 1:] for o in Bucket(bucket).list(prefix + "/")}
+
+
+def _epochs(jsonl: str) -> list[tuple[int, int]]:
+    """(epoch, step) of each training log window."""
+    return [(r["epoch"], r["step"]) for r in map(json.loads, jsonl.splitlines()) if "loss" in r]
+
+
+@pytest.mark.slow
+def test_eight_ranks_pull_push_and_a_fresh_machine_resumes_from_the_pushed_epoch(records_url, bucket,
+                                                                                tmp_path):
+    train_url = f"obs://{bucket}/runs"
+    first = _msrun_train(tmp_path, "first", 8, f"--data_url={records_url}", "--train_url", train_url,
+                         f"cloud.cache_dir={tmp_path / 'cache1'}", f"train.output_dir={tmp_path / 'runs1'}",
+                         "train.epochs=1")
+    assert re.search(r"pull obs://\S+/k400/train -> \S+: \d+ files", first)   # rank 0 pulled ...
+    cache = tmp_path / "cache1" / "data" / bucket / "k400"
+    assert json.loads((cache / cloud.MARKER).read_text())["state"] == cloud.DONE   # ... for all 8
+    assert first.index("trainer.cloud: pushed ") < first.index(" done in ")   # the epoch's push, not only the end's
+    pushed = _remote_files(bucket, "runs/cloud")
+    assert {"config.yaml", "train.jsonl", "checkpoints/epoch-0001.ckpt", "best.ckpt", "best.json",
+            "curves.png"} <= pushed
+
+    # Another machine: empty runs/ and cache; train.epochs raised, as a job restarted with more.
+    # 2 ranks x 8 clips keep the 16 clips (1 step) per epoch at a quarter of 8 ranks' start-up.
+    second = _msrun_train(tmp_path, "second", 2, f"cloud.data_url={records_url}", f"cloud.train_url={train_url}",
+                          f"cloud.cache_dir={tmp_path / 'cache2'}", f"train.output_dir={tmp_path / 'runs2'}",
+                          "train.epochs=2", "train.resume=auto", "data.batch_size=8")
+    assert re.search(r"resumed from \S+/runs2/cloud/checkpoints/epoch-0001\.ckpt: 1 epochs, 1 steps done",
+                     second)
+    assert "epochs 2..2" in second
+    local_log = (tmp_path / "runs2" / "cloud" / "train.jsonl").read_text()
+    assert _epochs(local_log) == [(1, 1), (2, 2)]        # epoch 1 as pushed, then only epoch 2
+    assert {"checkpoints/epoch-0001.ckpt", "checkpoints/epoch-0002.ckpt"} <= _remote_files(bucket, "runs/cloud")
+    fetched = tmp_path / "fetched.jsonl"
+    Bucket(bucket).download("runs/cloud/train.jsonl", fetched)
+    assert fetched.read_text() == local_log
+
+    Bucket(bucket).download("runs/cloud/config.yaml", tmp_path / "pushed.yaml")
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".log", ".yaml", ".jsonl", ".json")]
+    assert len(written) > 12          # 11 msrun logs, config.yaml, train.jsonl, best.json ...
+    leaked = [p for p in written if KEY_ID in p.read_text(errors="replace") or SECRET in p.read_text(errors="replace")]
+    assert not leaked

@@ -1,0 +1,87 @@
+"""The 3-crop test protocol: where the crops sit, and that trainer.eval scores a video by the mean
+of three single-crop evaluations computed here by hand."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore.mindrecord import FileReader
+
+from datatools.manifest import ok_shard_paths
+from datatools.schema import FRAMES, NUM_FRAMES, OFFSETS, VIDEO_ID
+from trainer.config import ConfigError, load_config
+from trainer.data import ClipDecoder, ClipSampler, clip_decoder, create_dataset, split_dir
+from trainer.eval import evaluate
+from trainer.model import create_model
+from trainer.precision import PixelInput
+from trainer.runtime import init_runtime
+
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+
+
+def test_three_crops_run_along_the_long_side():
+    decoder = ClipDecoder(64, 56)
+    assert decoder.test_boxes(64, 85, 1) == [(4, 14)]
+    assert decoder.test_boxes(64, 85, 3) == [(4, 0), (4, 14), (4, 29)]      # left, centre, right
+    assert decoder.test_boxes(85, 64, 3) == [(0, 4), (14, 4), (29, 4)]      # top, centre, bottom
+    with pytest.raises(ValueError, match="test.crops must be one of 1|3, got 2"):
+        decoder.test_boxes(64, 85, 2)
+    with pytest.raises(ConfigError, match="test.crops must be one of 1|3, got 2"):
+        load_config(DEMO, ["test.crops=2"])
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _single_crop_scores(net, cfg, blob: bytes, offsets: np.ndarray, num_frames: int,
+                        video_id: str) -> list[np.ndarray]:
+    """Per crop position (left, centre, right), the mean softmax over the video's K clips."""
+    t, n, crop = cfg.test.segments, cfg.data.frames_per_segment, cfg.test.crop
+    decoder = clip_decoder(cfg, "val", crop)
+    indices = ClipSampler(t, n).test_indices(num_frames, cfg.test.clips)
+    frames = decoder.decode(memoryview(blob), offsets, indices, video_id)
+    height, width = frames[0].shape[:2]
+    assert width > height    # the tiny records are landscape (85x64)
+    top = (height - crop) // 2
+    scores = []
+    for left in (0, (width - crop) // 2, width - crop):
+        clips = np.stack([decoder(frames[k * t * n:(k + 1) * t * n], t, top, left, False)
+                          for k in range(cfg.test.clips)])
+        scores.append(_softmax(net(ms.Tensor(clips)).asnumpy().astype(np.float64)).mean(axis=0))
+    return scores
+
+
+def test_three_crop_eval_is_the_mean_of_three_single_crop_evals(tiny_records):
+    cfg = load_config(DEMO, [f"data.root={tiny_records}", "model.width=4", "mode=pynative",
+                             "test.crops=3", "test.clips=2", "test.segments=2", "data.num_workers=1"])
+    init_runtime(cfg)
+    ms.set_seed(5)
+    net = create_model(cfg)
+    net.set_train(False)
+    # A fresh network's features reach ~1e3 (BatchNorm's running statistics are still 0 and 1),
+    # so its softmax is one-hot whatever the crop; small classifier weights keep the scores soft
+    # enough for each crop's pixels to show.
+    weight = net.fc.weight
+    weight.set_data(ms.Tensor(np.random.default_rng(0).normal(0, 1e-4, weight.shape), weight.dtype))
+    net = PixelInput(net)
+    result = evaluate(net, create_dataset(cfg, "val", training=False), cfg.model.num_classes)
+    assert result["videos"] == len(result["scores"]) == 12
+
+    spread = 0.0
+    for shard in ok_shard_paths(split_dir(cfg, "val")):
+        reader = FileReader(shard)
+        try:
+            for row in reader.get_next():
+                video_id = str(row[VIDEO_ID])
+                by_crop = _single_crop_scores(net, cfg, row[FRAMES], row[OFFSETS], int(row[NUM_FRAMES]),
+                                              video_id)
+                np.testing.assert_allclose(result["scores"][video_id], np.mean(by_crop, axis=0),
+                                           rtol=1e-5, atol=1e-6)
+                spread = max(spread, float(np.abs(by_crop[0] - by_crop[2]).max()))
+        finally:
+            reader.close()
+    assert spread > 1e-3   # the crops see different pixels: a centre-only eval would fail above

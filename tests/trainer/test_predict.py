@@ -1,0 +1,101 @@
+"""trainer.predict on video files with a trained demo model: the classes it prints are the ones
+trainer.eval scores for the same videos after conversion, and bad files are one line each."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from datatools.kinetics import read_csv
+from datatools.schema import LABELS_NAME, read_labels
+from trainer.data import create_dataset
+from trainer.eval import evaluate
+from trainer.precision import inference_network
+from trainer.predict import build_parser, main, split_inputs
+
+from tests.datatools import bad_videos
+
+
+def _predict(cfg, ckpt, *args) -> int:
+    return main(build_parser().parse_intermixed_args(["--config", str(cfg), "--ckpt", str(ckpt), *map(str, args)]))
+
+
+@pytest.fixture(scope="module")
+def val_videos(learnable_records):
+    """(video file, true class name) of every validation video of the learnable set."""
+    return [(entry.locate(learnable_records.source / "videos"), entry.label)
+            for entry in read_csv(learnable_records.val_csv)]
+
+
+@pytest.fixture(scope="module")
+def config_file(learned_run, tmp_path_factory):
+    from trainer.config import save_config
+    path = tmp_path_factory.mktemp("predict") / "config.yaml"
+    save_config(learned_run.cfg, path)
+    return path
+
+
+def test_predict_gives_eval_scores_and_the_true_class_first(learned_run, val_videos, config_file,
+                                                            tmp_path, capsys):
+    cfg, ckpt = learned_run.cfg, learned_run.run_dir / "best.ckpt"
+    out = tmp_path / "predictions.jsonl"
+    assert _predict(config_file, ckpt, *[video for video, _ in val_videos], "--out", out, "--top", 2) == 0
+    printed = capsys.readouterr().out.splitlines()
+    predicted = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["video"] for p in predicted] == [str(video) for video, _ in val_videos]
+    assert all(len(p["top"]) == 2 and "windows" not in p for p in predicted)
+
+    # The same videos converted and evaluated: per-video scores agree, not just the argmax.
+    result = evaluate(inference_network(cfg, ckpt), create_dataset(cfg, "val", training=False),
+                      cfg.model.num_classes)
+    names = read_labels(Path(cfg.data.root) / LABELS_NAME)
+    for (video, _), prediction in zip(val_videos, predicted):
+        scores = result["scores"][video.stem]
+        assert prediction["top"][0]["label"] == names[int(scores.argmax())]
+        assert prediction["top"][0]["prob"] == pytest.approx(scores.max(), abs=1e-5)
+
+    # Printed first: the true class, as often as eval counts top-1 hits (well above chance).
+    hits = sum(any(line.startswith(f"{video}: {label} ") for line in printed) for video, label in val_videos)
+    assert hits == round(result["top1"] * len(val_videos)) and result["top1"] >= 0.6
+
+
+def test_windows_cover_the_video_with_their_times(learned_run, val_videos, config_file, tmp_path):
+    video = val_videos[0][0]
+    out = tmp_path / "windows.jsonl"
+    # 16 frames at 25 fps; a clip takes 4 segments x 3 frames = 12, so 0.3 s windows (8 frames)
+    # are refused and 0.5 s windows (12 + a 4-frame rest, merged) give one window.
+    assert _predict(config_file, learned_run.run_dir / "best.ckpt", video, "--window", 0.3, "--out", out) == 1
+    assert "fewer than one clip's 12" in json.loads(out.read_text())["error"]
+    assert _predict(config_file, learned_run.run_dir / "best.ckpt", video, "--window", 0.5, "--out", out) == 0
+    windows = json.loads(out.read_text())["windows"]
+    assert [(w["start"], w["end"]) for w in windows] == [(0.0, 0.64)]
+    assert windows[0]["top"] == json.loads(out.read_text())["top"]   # the whole video, one window
+
+
+def test_bad_videos_are_one_line_each_and_the_rest_predicted(learned_run, val_videos, config_file,
+                                                             tmp_path, capsys):
+    bad = {
+        "missing": tmp_path / "missing.mp4",
+        "corrupt": bad_videos.random_bytes(tmp_path / "corrupt.mp4"),
+        "audio": bad_videos.audio_only(tmp_path / "audio.m4a"),
+        "short": bad_videos.good(tmp_path / "short.mp4", num_frames=6),
+    }
+    good = val_videos[0][0]
+    code = _predict(config_file, learned_run.run_dir / "best.ckpt", bad["missing"], good, bad["corrupt"],
+                    bad["audio"], bad["short"])
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert code == 1
+    assert len(errors) == 4 and all(line.startswith("error: ") for line in errors), errors
+    for path, line in zip([bad["missing"], bad["corrupt"], bad["audio"], bad["short"]], errors):
+        assert str(path) in line
+    assert "shorter than one clip" in errors[3]
+    assert f"{good}: " in captured.out and "predicted 1 of 5 videos, 4 failed" in captured.out
+
+
+def test_inputs_split_into_videos_and_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("clips.v2=final.mp4").write_bytes(b"")   # looks like an override, but is a file
+    videos, overrides = split_inputs(["x.mp4", "test.crops=3", "clips.v2=final.mp4", "train.lr=0.1"])
+    assert videos == ["x.mp4", "clips.v2=final.mp4"] and overrides == ["test.crops=3", "train.lr=0.1"]
