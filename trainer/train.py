@@ -36,7 +36,7 @@ from trainer.pretrained import load_pretrained
 from trainer.rundir import RunDir
 from trainer.runtime import all_reduce_counts, all_reduce_sum, init_runtime
 from trainer.schedule import build_lr
-from trainer.train_step import PendingStep, StepResult, build_train_cell, launch_step
+from trainer.train_step import PendingStep, build_train_cell, launch_step
 
 __all__ = ["TrainingDiverged", "TooManyBadSamples", "BadSamples", "train", "train_one_epoch",
            "average_bn_statistics", "main"]
@@ -137,21 +137,22 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
         step += 1
         if len(window) < log_interval and i < batch_count - 1:
             continue
-        losses, skipped, result = [], 0, StepResult(float("nan"), False, 1.0)
-        for k, (launched, all_bad) in enumerate(window):
-            result = launched.result()
-            stopped = f"train stopped at epoch {epoch + 1} step {step - len(window) + k + 1}"
+        results = [launched.result() for launched, _ in window]   # the window's one wait
+        losses, skipped = [], 0
+        for k, ((_, all_bad), result) in enumerate(zip(window, results)):
+            at = f"epoch {epoch + 1} step {step - len(window) + k + 1}"
             consecutive_skips = consecutive_skips + 1 if result.skipped else 0
             if result.skipped:
                 skipped += 1
-                logger.debug("%s: gradient overflow, update skipped", stopped)
+                logger.debug("%s: gradient overflow, update skipped", at)
             if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
-                raise TrainingDiverged(f"{stopped}: {consecutive_skips} consecutive steps overflowed "
-                                       f"(loss {result.loss}, loss scale {result.loss_scale:g})")
+                raise TrainingDiverged(f"train stopped at {at}: {consecutive_skips} consecutive steps "
+                                       f"overflowed (loss {result.loss}, loss scale {result.loss_scale:g})")
             if not result.skipped and not math.isfinite(result.loss):
-                raise TrainingDiverged(f"{stopped}: loss is {result.loss}")
+                raise TrainingDiverged(f"train stopped at {at}: loss is {result.loss}")
             if math.isfinite(result.loss) and not all_bad:   # all bad: loss 0, not a mean
                 losses.append(result.loss)
+        scale = results[-1].loss_scale
         window_bad = bad.window(window_bad, epoch=epoch + 1, step=step)
         elapsed = time.perf_counter() - window_start
         record = dict(epoch=epoch + 1, step=step,
@@ -159,7 +160,7 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
                       lr=float(lr[min(step - 1, len(lr) - 1)]),
                       clips_per_s=clips_per_step * len(window) / elapsed,
                       data_wait=window_wait / elapsed,
-                      loss_scale=result.loss_scale, skipped_steps=skipped, bad_samples=window_bad)
+                      loss_scale=scale, skipped_steps=skipped, bad_samples=window_bad)
         seconds_per_step = elapsed / len(window)
         left_in_epoch = batch_count - i - 1
         left_in_run = left_in_epoch + max(epochs - epoch - 1, 0) * batch_count
@@ -168,8 +169,8 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
                     batch_count, record["loss"], record["lr"], record["clips_per_s"],
                     100 * record["data_wait"], _duration(left_in_epoch * seconds_per_step),
                     _duration(left_in_run * seconds_per_step),
-                    f" loss scale {result.loss_scale:g} skipped {skipped}"
-                    if result.loss_scale != 1.0 or skipped else "",
+                    f" loss scale {scale:g} skipped {skipped}"
+                    if scale != 1.0 or skipped else "",
                     f" bad samples {window_bad}" if window_bad else "")
         run_log.write(**record)
         window, window_bad, window_wait, window_start = [], 0, 0.0, time.perf_counter()
