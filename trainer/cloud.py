@@ -286,7 +286,8 @@ def _match_remote_run(cfg: Config, run: RunDir, url: ObsUrl) -> None:
     elif cfg.train.resume == "auto":
         pushed = max((PurePosixPath(r).name for r in remote if PurePosixPath(r).parent.name
                       == RunDir.CHECKPOINTS), key=_epoch_order, default="")
-        here = max((p.name for p in run.epoch_checkpoints()), key=_epoch_order, default="")
+        latest = run.latest_checkpoint()
+        here = latest.name if latest else ""
         if _epoch_order(pushed) > _epoch_order(here):
             logger.info("train.resume=auto: %s holds %s, newer than this node's %s: pulling the run",
                         url, pushed, here or "nothing")

@@ -32,13 +32,13 @@ import simplejpeg
 from PIL import Image
 
 from datatools.manifest import ok_shard_paths, read_manifest, read_settings, source_sizes
-from datatools.schema import (CHECKSUM, FRAMES, LABEL, NUM_FRAMES, OFFSETS, VIDEO_ID, frame_bytes,
-                              sample_checksum)
+from datatools.schema import (CHECKSUM, FRAMES, LABEL, LABELS_NAME, NUM_FRAMES, OFFSETS, VIDEO_ID,
+                              frame_bytes, read_labels, sample_checksum)
 from trainer.config import RESIZE_MODES, TEST_CROPS, Config, ConfigError
 
 __all__ = ["MEAN", "STD", "CLIP", "MASK", "PROBLEM", "IGNORE_LABEL", "RESIZE_MODES", "BadSample",
            "ClipSampler", "ClipDecoder", "TrainClips", "EvalClips", "bad_samples", "clip_decoder",
-           "build_decoder", "eval_clips", "views_per_video", "split_dir", "records", "create_dataset"]
+           "build_decoder", "eval_clips", "views_per_video", "class_names", "split_dir", "records", "create_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -328,19 +328,22 @@ class EvalClips:
         self.folder = folder
 
     def __call__(self, frames, offsets, num_frames, label, video_id, checksum):
-        shape = self.decoder.clip_shape(self.sampler.num_segments, self.sampler.frames_per_segment)
-        empty = np.zeros((self.num_clips * self.crops, *shape), self.decoder.dtype)
         try:
             blob = _blob(frames)
             _check_sample(blob, offsets, int(num_frames), int(label), str(video_id), int(checksum))
             if int(num_frames) == 0:   # padding, checked like any row (_padded_sample)
-                return empty, np.int32(label), np.int32(0), video_id, ""
+                return self._empty(), np.int32(label), np.int32(0), video_id, ""
             clips = self.views(blob, offsets, int(num_frames), str(video_id))
             return clips, np.int32(label), np.int32(1), video_id, ""
         except BadSample as exc:
-            return empty, np.int32(label), np.int32(0), video_id, (
+            return self._empty(), np.int32(label), np.int32(0), video_id, (
                 f"video {video_id}: {exc}: metrics are not computed on altered data; run "
                 f"datatools.inspect {self.folder}")
+
+    def _empty(self) -> np.ndarray:
+        """Zero views, for a padded or bad sample (masked out)."""
+        shape = self.decoder.clip_shape(self.sampler.num_segments, self.sampler.frames_per_segment)
+        return np.zeros((self.num_clips * self.crops, *shape), self.decoder.dtype)
 
     def views(self, blob: bytes | memoryview, offsets: np.ndarray, num_frames: int,
               video_id: str = "") -> np.ndarray:
@@ -357,6 +360,15 @@ class EvalClips:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.sampler!r}, {self.decoder!r}, num_clips={self.num_clips}, "
                 f"crops={self.crops})")
+
+
+def class_names(cfg: Config) -> list[str]:
+    """The records' class names (``data.root``/labels.txt); their count must be model.num_classes."""
+    path = Path(cfg.data.root) / LABELS_NAME
+    names = read_labels(path)
+    if len(names) != cfg.model.num_classes:
+        raise ValueError(f"model.num_classes={cfg.model.num_classes} but {path} has {len(names)} classes")
+    return names
 
 
 def split_dir(cfg: Config, split: str) -> Path:

@@ -23,11 +23,11 @@ from mindspore import nn
 
 from datatools.cli import run_cli, setup_logging
 from datatools.progress import Progress
-from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID, read_labels
+from datatools.schema import LABEL, VIDEO_ID
 from trainer import cloud
 from trainer.checkpoint import checkpoint_arg, nan_or_inf
 from trainer.config import config_from_args, config_parser
-from trainer.data import CLIP, MASK, PROBLEM, bad_samples, create_dataset
+from trainer.data import CLIP, MASK, PROBLEM, bad_samples, class_names, create_dataset
 from trainer.runtime import all_reduce_counts, init_runtime
 from trainer.scoring import video_scores
 
@@ -140,17 +140,14 @@ def main(args: argparse.Namespace) -> dict:
     setup_logging(rank)
     cfg = cloud.prepare(cfg, (cfg.data.val_split,))
     ckpt = checkpoint_arg(cfg, cloud.checkpoint(cfg, args.ckpt))
-    class_names = read_labels(Path(cfg.data.root) / LABELS_NAME)
-    if len(class_names) != cfg.model.num_classes:
-        raise ValueError(f"model.num_classes={cfg.model.num_classes} but "
-                         f"{Path(cfg.data.root) / LABELS_NAME} has {len(class_names)} classes")
+    names = class_names(cfg)
     from trainer.precision import inference_network  # the network is heavy; import after set-up
     net = inference_network(cfg, ckpt)   # cast as in training: in-run and standalone top-1 agree
     dataset = create_dataset(cfg, "val", training=False, rank=rank, group_size=group_size)
     result = evaluate(net, dataset, cfg.model.num_classes, group_size)
     if rank == 0:
         if args.out:
-            confusion_path = write_results(result, args.out, class_names)
+            confusion_path = write_results(result, args.out, names)
             logger.info("wrote %s and %s", args.out, confusion_path)
         print(summary_line(result), flush=True)
     return result

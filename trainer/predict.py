@@ -29,11 +29,11 @@ from mindspore import nn
 
 from datatools.cli import positive_int, run_cli, setup_logging
 from datatools.manifest import Settings, read_manifest, read_settings
-from datatools.schema import LABELS_NAME, pack_frames, read_labels
+from datatools.schema import pack_frames
 from datatools.video import VideoError, encode_video
 from trainer.checkpoint import checkpoint_arg
 from trainer.config import Config, config_from_args, config_parser
-from trainer.data import EvalClips, build_decoder, eval_clips, split_dir
+from trainer.data import EvalClips, build_decoder, class_names, eval_clips, split_dir
 from trainer.runtime import init_runtime
 from trainer.scoring import video_scores
 
@@ -177,15 +177,12 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("no VIDEO given: name one or more video files")
     cfg = config_from_args(args)
     ckpt = checkpoint_arg(cfg, args.ckpt)
-    class_names = read_labels(Path(cfg.data.root) / LABELS_NAME)
-    if len(class_names) != cfg.model.num_classes:
-        raise ValueError(f"model.num_classes={cfg.model.num_classes} but "
-                         f"{Path(cfg.data.root) / LABELS_NAME} has {len(class_names)} classes")
+    names = class_names(cfg)
     settings = stored_settings(cfg)
     init_runtime(cfg)
     setup_logging()
     from trainer.precision import inference_network  # the network is heavy; import after set-up
-    predictor = Predictor(cfg, inference_network(cfg, ckpt), class_names, settings, args.top)
+    predictor = Predictor(cfg, inference_network(cfg, ckpt), names, settings, args.top)
     out = open(args.out, "w") if args.out else None
     failed = 0
     try:

@@ -115,7 +115,7 @@ def load_pretrained(net: StNet, path: str | Path) -> dict[str, list[str]]:
     for key in sorted(skipped):
         logger.debug("%s: skipped %s (not a network parameter)", path, key)
     for key in missing:
-        if not key.startswith(FRESH_PREFIXES + (CLASSIFIER_PREFIX,)):
+        if not key.startswith(FRESH_PREFIXES):   # the classifier among them
             logger.warning("%s: missing %s (keeps its fresh initialisation)", path, key)
     logger.info("%s: loaded %d parameters; %d parameters keep their fresh initialisation", path,
                 len(matched), len(missing))

@@ -123,8 +123,9 @@ class RunDir:
     def describe(self) -> str:
         """``train.jsonl, 3 epoch checkpoints, best.ckpt`` (what holds_a_run found)."""
         found = [self.LOG] if self.log.is_file() else []
-        if self.epoch_checkpoints():
-            found.append(f"{len(self.epoch_checkpoints())} epoch checkpoint(s)")
+        checkpoints = self.epoch_checkpoints()
+        if checkpoints:
+            found.append(f"{len(checkpoints)} epoch checkpoint(s)")
         if self.best_weights.is_file():
             found.append(self.BEST_WEIGHTS)
         return ", ".join(found)

@@ -18,6 +18,8 @@ from trainer.model import create_model
 from trainer.precision import PixelInput
 from trainer.runtime import init_runtime
 
+from tests.trainer.test_eval import _softmax
+
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
@@ -30,11 +32,6 @@ def test_three_crops_run_along_the_long_side():
         decoder.test_boxes(64, 85, 2)
     with pytest.raises(ConfigError, match="test.crops must be one of 1|3, got 2"):
         load_config(DEMO, ["test.crops=2"])
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def _single_crop_scores(net, cfg, blob: bytes, offsets: np.ndarray, num_frames: int,
