@@ -25,7 +25,7 @@ from mindspore.mindrecord import FileReader
 from datatools import schema
 from datatools.cli import positive_int, run_cli
 from datatools.manifest import (FileDigest, ManifestRow, ShardFiles, read_digests,
-                                read_manifest, read_rows, shard_index)
+                                read_manifest, read_rows, rows_of, shard_index)
 from datatools.pages import disk_bytes
 from datatools.verify import ShardCheck, ShardJob, check_shards
 
@@ -56,8 +56,9 @@ def inspect_split(split_dir: str | Path, decode: bool = False, workers: int = 1)
     """Read the manifest and every shard (``workers`` at a time); check every video."""
     split_dir = Path(split_dir)
     report = SplitReport(checked=["ids", "labels", "checksums"])
-    expected = _tally(read_rows(split_dir), report)
-    digests = read_digests(read_manifest(split_dir))
+    table = read_manifest(split_dir)
+    expected = _tally(rows_of(table), report)
+    digests = read_digests(table)
     if digests:
         report.checked.append("digests")
     if decode:

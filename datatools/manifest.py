@@ -28,7 +28,7 @@ from datatools.schema import SCHEMA_VERSION, SchemaVersionError
 __all__ = [
     "MANIFEST_NAME", "LOCK_NAME", "STATUS_OK", "STATUS_FAILED", "NO_SHARD", "Reason", "reason_kind",
     "ManifestRow", "MANIFEST_SCHEMA", "Settings", "ShardFiles", "FileDigest", "SourceStamp",
-    "source_stamp", "DoneMarker", "shard_index", "write_manifest", "read_manifest", "read_rows",
+    "source_stamp", "DoneMarker", "shard_index", "write_manifest", "read_manifest", "rows_of", "read_rows",
     "read_settings", "read_digests", "ok_shard_paths", "source_sizes",
 ]
 
@@ -307,8 +307,12 @@ def read_manifest(split_dir: str | Path) -> pa.Table:
     return table
 
 
+def rows_of(table: pa.Table) -> list[ManifestRow]:
+    return [ManifestRow(**row) for row in table.to_pylist()]
+
+
 def read_rows(split_dir: str | Path) -> list[ManifestRow]:
-    return [ManifestRow(**row) for row in read_manifest(split_dir).to_pylist()]
+    return rows_of(read_manifest(split_dir))
 
 
 def read_settings(table: pa.Table) -> Settings | None:
