@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import zlib
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from datatools.manifest import ok_shard_paths, read_manifest, read_settings, sou
 from datatools.schema import (CHECKSUM, FRAMES, LABEL, LABELS_NAME, NUM_FRAMES, OFFSETS, VIDEO_ID,
                               frame_bytes, read_labels, sample_checksum)
 from trainer.config import RESIZE_MODES, TEST_CROPS, Config, ConfigError
+from trainer.heap import keep_large_buffers
 
 __all__ = ["MEAN", "STD", "CLIP", "MASK", "PROBLEM", "IGNORE_LABEL", "RESIZE_MODES", "BadSample",
            "ClipSampler", "ClipDecoder", "TrainClips", "EvalClips", "bad_samples", "clip_decoder",
@@ -129,7 +131,7 @@ class ClipSampler:
 
 
 class ClipDecoder:
-    """Decode the frames a clip uses, crop them at one box, flip, normalize.
+    """Decode the frames a clip uses, crop them at its boxes, flip, normalize.
 
     Reads the record's ``frames`` blob and ``offsets`` and scales each frame (``scaled_size``)
     before cropping. ``resize="keep"``: the aspect is kept and the short side becomes
@@ -161,6 +163,7 @@ class ClipDecoder:
         self.resize = resize
         self.source_sizes = source_sizes or {}
         self.dtype = np.float32 if normalize else np.uint8
+        self._local = threading.local()
         # uint8 -> normalized float32 per channel as a lookup table: cv2.LUT writes each plane
         # straight into the output, ~10x faster than numpy's cast + HWC->CHW transpose.
         levels = np.arange(256, dtype=np.float32)[None] / 255.0
@@ -203,26 +206,78 @@ class ClipDecoder:
             return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
-    def decode(self, blob: memoryview, offsets: np.ndarray, indices: np.ndarray,
-               video_id: str = "") -> list[np.ndarray]:
-        """uint8 (H, W, 3) frames at their scaled size, one per index (repeats decoded once);
-        BadSample for a frame that does not decode."""
-        fast = self.resize == "keep"
-        cache: dict[int, np.ndarray] = {}
-        frames = []
-        for index in indices.ravel().tolist():
-            if index not in cache:
-                try:
-                    image = simplejpeg.decode_jpeg(frame_bytes(blob, offsets, index), colorspace="RGB",
-                                                   fastdct=fast, fastupsample=fast)
-                except ValueError as exc:   # what simplejpeg raises for a corrupt JPEG
-                    raise BadSample(f"frame {index} does not decode ({exc})") from None
-                height, width = self.scaled_size(*image.shape[:2], video_id)
-                if (height, width) != image.shape[:2]:
-                    image = self._scale(image, height, width)
-                cache[index] = image
-            frames.append(cache[index])
-        return frames
+    def frame_size(self, blob: memoryview, offsets: np.ndarray, index: int,
+                   video_id: str = "") -> tuple[int, int]:
+        """(height, width) frame ``index`` is cropped at, from its JPEG header alone (crop boxes
+        are drawn before any frame is decoded)."""
+        try:
+            height, width = simplejpeg.decode_jpeg_header(frame_bytes(blob, offsets, index))[:2]
+        except ValueError as exc:   # what simplejpeg raises for a corrupt JPEG
+            raise BadSample(f"frame {index} does not decode ({exc})") from None
+        return self.scaled_size(height, width, video_id)
+
+    def _frame(self, blob: memoryview, offsets: np.ndarray, index: int, video_id: str) -> np.ndarray:
+        """Frame ``index`` at its scaled size. A frame that needs no scaling is decoded into this
+        thread's reused buffer: only valid until the thread's next decode."""
+        data, fast = frame_bytes(blob, offsets, index), self.resize == "keep"
+        try:
+            height, width = simplejpeg.decode_jpeg_header(data)[:2]
+            scaled = self.scaled_size(height, width, video_id)
+            buffer = self._buffer(height * width * 3) if scaled == (height, width) else None
+            image = simplejpeg.decode_jpeg(data, fastdct=fast, fastupsample=fast, buffer=buffer)
+        except ValueError as exc:
+            raise BadSample(f"frame {index} does not decode ({exc})") from None
+        return image if buffer is not None else self._scale(image, *scaled)
+
+    def _buffer(self, size: int) -> np.ndarray:
+        """This thread's decode buffer (map workers are threads sharing one op): one per thread,
+        reused, instead of a fresh quarter-megabyte array per frame."""
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.size < size:
+            buffer = self._local.buffer = np.empty(size, np.uint8)
+        return buffer
+
+    def views(self, blob: memoryview, offsets: np.ndarray, indices: np.ndarray,
+              boxes: list[tuple[int, int]], flip: bool, video_id: str = "") -> np.ndarray:
+        """The clips of ``indices`` (K, T, N) cropped at each (top, left) of ``boxes``: (K·C,
+        *clip_shape), clip-major (view ``k·C + c``), flipped if ``flip``.
+
+        Each distinct frame is decoded once, and its crops written straight into the output
+        (flipped and, with ``normalize``, normalized on the way): one pass over the pixels after
+        decoding. BadSample for a frame that does not decode or whose size is not the first
+        frame's.
+        """
+        clips, t, n = indices.shape
+        size = self.frame_size(blob, offsets, int(indices.flat[0]), video_id)
+        c = self.crop
+        frame_shape = (3, c, c) if self.normalize else (c, c, 3)
+        out = np.empty((clips, len(boxes), t * n, *frame_shape), self.dtype)
+        first: dict[int, tuple[int, int]] = {}
+        for k in range(clips):
+            for j, index in enumerate(indices[k].ravel().tolist()):
+                if index in first:
+                    out[k, :, j] = out[first[index][0], :, first[index][1]]
+                    continue
+                frame = self._frame(blob, offsets, index, video_id)
+                if frame.shape[:2] != size:
+                    raise BadSample(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, frame "
+                                    f"{int(indices.flat[0])} {size[1]}x{size[0]}")
+                for b, (top, left) in enumerate(boxes):
+                    self._put(frame[top:top + c, left:left + c], flip, out[k, b, j])
+                first[index] = (k, j)
+        return out.reshape(clips * len(boxes), *self.clip_shape(t, n))
+
+    def _put(self, patch: np.ndarray, flip: bool, target: np.ndarray) -> None:
+        """Write a (c, c, 3) crop into ``target``: uint8 (c, c, 3), or normalized (3, c, c)."""
+        if not self.normalize:
+            if flip:
+                cv2.flip(patch, 1, dst=target)
+            else:
+                target[...] = patch
+            return
+        patch = cv2.flip(patch, 1) if flip else np.ascontiguousarray(patch)
+        for channel, plane in enumerate(cv2.split(patch)):
+            cv2.LUT(plane, self._lut[channel], dst=target[channel])
 
     def clip_shape(self, num_segments: int, frames_per_segment: int) -> tuple[int, ...]:
         """Shape of one clip: (T, N, S, S, 3) pixels, or (T, 3N, S, S) normalized."""
@@ -230,27 +285,6 @@ class ClipDecoder:
         if self.normalize:
             return num_segments, 3 * frames_per_segment, c, c
         return num_segments, frames_per_segment, c, c, 3
-
-    def __call__(self, frames: list[np.ndarray], num_segments: int, top: int, left: int,
-                 flip: bool) -> np.ndarray:
-        """Crop ``frames`` (T·N decoded frames) at (top, left) and return the clip."""
-        c = self.crop
-        if not self.normalize:
-            out = np.empty((len(frames), c, c, 3), np.uint8)
-            for i, frame in enumerate(frames):
-                patch = frame[top:top + c, left:left + c]
-                if flip:
-                    cv2.flip(patch, 1, dst=out[i])
-                else:
-                    out[i] = patch
-            return out.reshape(num_segments, -1, c, c, 3)
-        out = np.empty((len(frames), 3, c, c), np.float32)
-        for i, frame in enumerate(frames):
-            patch = frame[top:top + c, left:left + c]
-            patch = cv2.flip(patch, 1) if flip else np.ascontiguousarray(patch)
-            for channel, plane in enumerate(cv2.split(patch)):
-                cv2.LUT(plane, self._lut[channel], dst=out[i, channel])
-        return out.reshape(num_segments, -1, c, c)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(short_side={self.short_side}, crop={self.crop}, "
@@ -294,13 +328,12 @@ class TrainClips:
               video_id: str) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(video_id.encode())])
         indices = self.sampler.train_indices(num_frames, rng)
-        decoded = self.decoder.decode(blob, offsets, indices, video_id)
-        height, width = decoded[0].shape[:2]
+        height, width = self.decoder.frame_size(blob, offsets, int(indices.flat[0]), video_id)
         crop = self.decoder.crop
         top = int(rng.integers(0, height - crop + 1))
         left = int(rng.integers(0, width - crop + 1))
         flip = bool(rng.random() < 0.5)
-        return self.decoder(decoded, self.sampler.num_segments, top, left, flip)
+        return self.decoder.views(blob, offsets, indices[None], [(top, left)], flip, video_id)[0]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.sampler!r}, {self.decoder!r}, seed={self.seed}, "
@@ -349,13 +382,10 @@ class EvalClips:
               video_id: str = "") -> np.ndarray:
         """(K·C, T, 3N, S, S) views of one video's frames (``trainer.predict`` calls it on frames
         it encoded itself, so a prediction sees the pixels an evaluation does)."""
-        t, n = self.sampler.num_segments, self.sampler.frames_per_segment
         indices = self.sampler.test_indices(num_frames, self.num_clips)
-        decoded = self.decoder.decode(blob, offsets, indices, video_id)
-        boxes = self.decoder.test_boxes(*decoded[0].shape[:2], self.crops)
-        per_clip = t * n
-        return np.stack([self.decoder(decoded[k * per_clip:(k + 1) * per_clip], t, top, left, False)
-                         for k in range(self.num_clips) for top, left in boxes])
+        size = self.decoder.frame_size(blob, offsets, int(indices.flat[0]), video_id)
+        return self.decoder.views(blob, offsets, indices, self.decoder.test_boxes(*size, self.crops),
+                                  False, video_id)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.sampler!r}, {self.decoder!r}, num_clips={self.num_clips}, "
@@ -400,6 +430,7 @@ def records(cfg: Config, split: str, *, training: bool, rank: int = 0, group_siz
     """
     if not 0 <= rank < group_size:
         raise ValueError(f"rank must be in 0..{group_size - 1}, got {rank!r}")
+    keep_large_buffers()    # before the first dataset thread takes an arena of its own
     shards = ok_shard_paths(split_dir(cfg, split))
     if not shards:
         raise FileNotFoundError(f"no converted videos in {split_dir(cfg, split)}")

@@ -12,6 +12,7 @@ from mindspore.communication import get_group_size, get_rank, init
 
 from trainer.config import AUTO_DEVICE, DEVICE_TARGETS, MODES, Config, ConfigError
 from trainer.cpu import use_fast_cpu_kernels
+from trainer.heap import keep_large_buffers
 
 __all__ = ["distributed_launch", "resolve_device_target", "init_runtime", "all_reduce_sum",
            "all_reduce_counts"]
@@ -72,6 +73,7 @@ def init_runtime(cfg: Config) -> tuple[int, int]:
                           f"({error}): {DEVICE_FIXES[device]}, or set device_target=CPU or auto")
     if device == "CPU":
         use_fast_cpu_kernels()
+    keep_large_buffers()    # before MindSpore's threads take arenas of their own
     ms.set_context(mode=MS_MODES[cfg.mode])
     device_id = os.environ.get("DEVICE_ID") if device == "Ascend" else None
     ms.set_device(device, None if device_id is None else int(device_id))

@@ -40,14 +40,12 @@ def _single_crop_scores(net, cfg, blob: bytes, offsets: np.ndarray, num_frames: 
     t, n, crop = cfg.test.segments, cfg.data.frames_per_segment, cfg.test.crop
     decoder = clip_decoder(cfg, "val", crop)
     indices = ClipSampler(t, n).test_indices(num_frames, cfg.test.clips)
-    frames = decoder.decode(memoryview(blob), offsets, indices, video_id)
-    height, width = frames[0].shape[:2]
+    height, width = decoder.frame_size(memoryview(blob), offsets, int(indices.flat[0]), video_id)
     assert width > height    # the tiny records are landscape (85x64)
     top = (height - crop) // 2
     scores = []
     for left in (0, (width - crop) // 2, width - crop):
-        clips = np.stack([decoder(frames[k * t * n:(k + 1) * t * n], t, top, left, False)
-                          for k in range(cfg.test.clips)])
+        clips = decoder.views(memoryview(blob), offsets, indices, [(top, left)], False, video_id)
         scores.append(_softmax(net(ms.Tensor(clips)).asnumpy().astype(np.float64)).mean(axis=0))
     return scores
 

@@ -11,8 +11,8 @@ import simplejpeg
 from datatools.manifest import read_rows
 from datatools.schema import LABEL, VIDEO_ID, pack_frames, sample_checksum
 from trainer.config import load_config
-from trainer.data import (CLIP, IGNORE_LABEL, MASK, MEAN, PROBLEM, STD, ClipDecoder, ClipSampler,
-                          EvalClips, TrainClips, create_dataset, records)
+from trainer.data import (CLIP, IGNORE_LABEL, MASK, MEAN, PROBLEM, STD, BadSample, ClipDecoder,
+                          ClipSampler, EvalClips, TrainClips, create_dataset, records)
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -99,12 +99,54 @@ def test_decoder_shape_channel_order_and_normalization():
     levels = [20, 60, 100, 140, 180, 220]
     blob, offsets = _video(levels, 64, 80)
     decoder = ClipDecoder(short_side=64, crop=32, normalize=True)
-    indices = np.arange(6).reshape(2, 3)  # T=2 segments of N=3 frames
-    clip = decoder(decoder.decode(blob, offsets, indices), 2, top=16, left=40, flip=False)
+    indices = np.arange(6).reshape(1, 2, 3)  # one clip of T=2 segments of N=3 frames
+    clip = decoder.views(blob, offsets, indices, [(16, 40)], flip=False)[0]
     assert clip.shape == (2, 9, 32, 32) and clip.dtype == np.float32
     expected = [(level / 255 - np.asarray(MEAN)) / np.asarray(STD) for level in levels]
     got = clip.reshape(2, 3, 3, 32, 32).mean(axis=(3, 4)).reshape(6, 3)
     np.testing.assert_allclose(got, expected, atol=0.03)
+
+
+def _textured_video(count: int, height: int, width: int) -> tuple[memoryview, np.ndarray]:
+    """JPEG frames of noise, so that every crop position and flip gives other pixels."""
+    rng = np.random.default_rng(7)
+    blob, offsets = pack_frames([simplejpeg.encode_jpeg(rng.integers(0, 256, (height, width, 3), np.uint8),
+                                                        quality=90) for _ in range(count)])
+    return memoryview(blob), offsets
+
+
+def _reference_views(blob, offsets, indices, boxes, flip, crop, scale_to=None) -> np.ndarray:
+    """The loader's clips as the earlier loader made them: every sampled frame decoded on its
+    own (fast DCT and upsampling, as data.resize=keep does), scaled with cv2 if asked, cropped,
+    mirrored by slicing; uint8 (K·C, T, N, crop, crop, 3)."""
+    import cv2
+    clips, t, n = indices.shape
+    frames = [simplejpeg.decode_jpeg(bytes(blob[offsets[i]:offsets[i + 1]]), fastdct=True, fastupsample=True)
+              for i in indices.ravel()]
+    if scale_to:
+        frames = [cv2.resize(f, scale_to[::-1], interpolation=cv2.INTER_LINEAR) for f in frames]
+    views = []
+    for k in range(clips):
+        for top, left in boxes:
+            crops = [f[top:top + crop, left:left + crop] for f in frames[k * t * n:(k + 1) * t * n]]
+            views.append(np.stack([c[:, ::-1] if flip else c for c in crops]).reshape(t, n, crop, crop, 3))
+    return np.stack(views)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_decoder_views_equal_the_earlier_loader_bit_for_bit(flip):
+    """Decoding into a reused buffer and cropping on the way out changes no pixel: views equal
+    per-frame decodes cropped by slicing, with repeated frames, several clips and boxes."""
+    blob, offsets = _textured_video(9, 64, 85)
+    indices = np.array([[[0, 1], [4, 4]], [[2, 3], [8, 0]]])      # K=2, T=2, N=2; 4 and 0 repeat
+    boxes = [(4, 0), (4, 14), (0, 29)]
+    decoder = ClipDecoder(64, 56)
+    got = decoder.views(blob, offsets, indices, boxes, flip)
+    assert got.shape == (6, 2, 2, 56, 56, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, _reference_views(blob, offsets, indices, boxes, flip, 56))
+    scaled = ClipDecoder(96, 80).views(blob, offsets, indices, [(8, 30)], flip)   # 64x85 -> 96x128
+    np.testing.assert_array_equal(scaled, _reference_views(blob, offsets, indices, [(8, 30)], flip, 80,
+                                                           scale_to=(96, 128)))
 
 
 def test_pixels_normalized_by_the_network_equal_the_host_normalization():
@@ -115,11 +157,13 @@ def test_pixels_normalized_by_the_network_equal_the_host_normalization():
 
     from trainer.precision import PixelInput
 
-    frames = [np.random.default_rng(i).integers(0, 256, (64, 85, 3), np.uint8) for i in range(6)]
-    pixels = ClipDecoder(64, 56)(frames, 2, top=3, left=7, flip=True)
+    blob, offsets = _textured_video(6, 64, 85)
+    indices = np.arange(6).reshape(1, 2, 3)
+    pixels = ClipDecoder(64, 56).views(blob, offsets, indices, [(3, 7)], flip=True)[0]
     assert pixels.shape == (2, 3, 56, 56, 3) and pixels.dtype == np.uint8
-    np.testing.assert_array_equal(pixels[1, 2], frames[5][3:59, 7:63][:, ::-1])   # crop, flip
-    host = ClipDecoder(64, 56, normalize=True)(frames, 2, top=3, left=7, flip=True)
+    frame = simplejpeg.decode_jpeg(bytes(blob[offsets[5]:offsets[6]]), fastdct=True, fastupsample=True)
+    np.testing.assert_array_equal(pixels[1, 2], frame[3:59, 7:63][:, ::-1])   # crop, flip
+    host = ClipDecoder(64, 56, normalize=True).views(blob, offsets, indices, [(3, 7)], flip=True)[0]
     device = PixelInput(nn.Identity())(ms.Tensor(pixels[None])).asnumpy()[0]
     assert device.shape == host.shape == (2, 9, 56, 56)
     np.testing.assert_allclose(device, host, rtol=0, atol=1e-6)
@@ -128,12 +172,19 @@ def test_pixels_normalized_by_the_network_equal_the_host_normalization():
 def test_decoder_flip_mirrors_and_rescales_short_side():
     blob, offsets = _video([50], 48, 60)  # stored below the short side: scaled 48 -> 96 (×2)
     decoder = ClipDecoder(short_side=96, crop=96)
-    frames = decoder.decode(blob, offsets, np.zeros((1, 1), np.int64))
-    assert frames[0].shape == (96, 120, 3)
-    plain = decoder(frames, 1, top=0, left=0, flip=False)       # (T, N, H, W, 3) pixels
-    flipped = decoder(frames, 1, top=0, left=0, flip=True)
+    assert decoder.frame_size(blob, offsets, 0) == (96, 120)
+    one = np.zeros((1, 1, 1), np.int64)
+    plain = decoder.views(blob, offsets, one, [(0, 0)], flip=False)[0]     # (T, N, H, W, 3) pixels
+    flipped = decoder.views(blob, offsets, one, [(0, 0)], flip=True)[0]
     np.testing.assert_array_equal(flipped, plain[:, :, :, ::-1])
     assert plain[0, 0, :, :10].mean() > plain[0, 0, :, -10:].mean() + 1  # bright column left
+
+
+def test_decoder_refuses_a_frame_of_another_size():
+    small, large = _video([50], 64, 80), _video([90], 64, 100)
+    blob, offsets = pack_frames([bytes(small[0]), bytes(large[0])])
+    with pytest.raises(BadSample, match="frame 1 is 100x64, frame 0 80x64"):
+        ClipDecoder(64, 32).views(memoryview(blob), offsets, np.array([[[0, 1]]]), [(0, 0)], False)
 
 
 def test_decoder_rejects_crop_larger_than_short_side():
