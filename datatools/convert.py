@@ -35,10 +35,11 @@ from datatools.cli import non_negative_int, positive_int, run_cli
 from datatools.cluster import BACKENDS, DASK, ENV_SCHEDULER, Pool, open_pool
 from datatools.lists import LIST_FORMS, read_entries
 from datatools.lock import output_lock
-from datatools.manifest import (CHROMA_420, CHROMA_SUBSAMPLINGS, DEFAULT_PAGE, MANIFEST_NAME, MB, DoneMarker,
-                                FileDigest, ManifestRow, Settings, ShardFiles, write_manifest)
-from datatools.pages import disk_bytes
-from datatools.plan import ShardTask, plan_shards
+from datatools.manifest import (AUTO, CHROMA_420, CHROMA_SUBSAMPLINGS, MANIFEST_NAME, MAX_PAGE,
+                                MB, MIN_PAGE, PAGE_ALIGN, DoneMarker, FileDigest, ManifestRow, Settings,
+                                ShardFiles, page_size_of, write_manifest)
+from datatools.pages import AUTO_PAGES, PageRange, disk_bytes
+from datatools.plan import PROBE_VIDEOS, ShardTask, plan_shards, settle_page
 from datatools.shards import Verdict, clear_shard, convert_shard, no_space_error, shard_verdict
 from datatools.sync import SplitPush
 
@@ -79,12 +80,14 @@ class _Resume:
 def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: str | Path,
             out_dir: str | Path, settings: Settings, workers: int = 1, backend: str = "loky",
             decode_threads: int = 0, video_list: str | None = None, scheduler: str | None = None,
-            upload: SplitPush | None = None) -> ConvertResult:
+            upload: SplitPush | None = None, auto_pages: PageRange = AUTO_PAGES) -> ConvertResult:
     """Convert one split of ``csv_path`` or, with ``csv_path=None``, of ``video_list`` (a
     ``datatools.lists`` spec); see the module docstring. ``backend="dask"`` runs the tasks on the
     cluster of the scheduler at ``scheduler``, else on a LocalCluster of ``workers`` processes;
-    ``upload`` pushes the split to OBS as it converts. Raises ValueError/FileNotFoundError for unusable inputs before anything is written,
-    OutputLocked while another converter holds ``out_dir``, NoSpaceError when the disk fills."""
+    ``upload`` pushes the split to OBS as it converts; an ``auto`` page size (AUTO_PAGE) is
+    settled within ``auto_pages`` (``datatools.plan.settle_page``). Raises
+    ValueError/FileNotFoundError for unusable inputs before anything is written, OutputLocked
+    while another converter holds ``out_dir``, NoSpaceError when the disk fills."""
     settings.check()
     if not Path(videos_root).is_dir():
         raise FileNotFoundError(f"--videos folder not found: {videos_root}")
@@ -100,6 +103,7 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
     if upload is not None:
         upload.check(Path(labels_path))
     with open_pool(backend, workers, scheduler) as pool, output_lock(out_dir):
+        tasks, settings = settle_page(tasks, settings, auto_pages)
         resume = _resume(tasks, Path(labels_path), workers)
         if upload is not None:
             upload.start(out_dir, sorted(resume.kept), bool(resume.todo), workers)
@@ -270,10 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="videos per shard file (default 64). A shard of up to 32 pages is written "
                         "in one call, filling each page before the next, so a worker holds its "
                         "frames several times over: ~1.6 GB at 64 Kinetics-sized videos")
-    p.add_argument("--page-mb", type=float, default=DEFAULT_PAGE / MB,
-                   help="MindRecord page size in MiB, a power of two, the same for every shard of "
-                        f"a split; a video must fit in one (default {DEFAULT_PAGE // MB}: any 10 s "
-                        "clip at short side 256; 1 suits small demo videos)")
+    p.add_argument("--page-mb", default=AUTO,
+                   help="MindRecord page size in MiB, the same for every shard of a split; a video "
+                        f"must fit in one. {AUTO} (default): a split with shards done keeps their "
+                        f"page, a new one gets the whole MiB from {AUTO_PAGES.floor // MB} to "
+                        f"{AUTO_PAGES.ceiling // MB} that leaves the fewest holes in shards of "
+                        f"videos like {PROBE_VIDEOS} of its own, encoded first "
+                        f"({AUTO_PAGES.floor // MB} if none encodes). A number: from {MIN_PAGE / MB:g} to {MAX_PAGE // MB}, rounded to "
+                        f"the nearest multiple of {PAGE_ALIGN} bytes (1 suits small demo videos)")
     p.add_argument("--seed", type=int, default=0, help="shard assignment seed")
     p.add_argument("--backend", default=None,
                    help="where the tasks run: joblib's loky (default), threading, multiprocessing or "
@@ -299,7 +307,7 @@ def main(args: argparse.Namespace) -> int:
     upload = SplitPush.to(args.upload, args.endpoint) if args.upload else None
     settings = Settings(short_side=args.short_side, quality=args.quality, max_fps=args.max_fps,
                         videos_per_shard=args.videos_per_shard, seed=args.seed,
-                        chroma_subsampling=args.chroma, page_size=int(args.page_mb * MB))
+                        chroma_subsampling=args.chroma, page_size=page_size_of(args.page_mb))
     result = convert(args.csv, args.videos, args.labels, args.out, settings, workers=args.workers,
                      backend=backend, decode_threads=args.decode_threads, video_list=args.list,
                      scheduler=scheduler, upload=upload)

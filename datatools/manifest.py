@@ -29,7 +29,7 @@ __all__ = [
     "MANIFEST_NAME", "LOCK_NAME", "STATUS_OK", "STATUS_FAILED", "NO_SHARD", "Reason", "reason_kind",
     "ManifestRow", "MANIFEST_SCHEMA", "Settings", "ShardFiles", "FileDigest", "SourceStamp",
     "source_stamp", "DoneMarker", "shard_index", "write_manifest", "read_manifest", "rows_of", "read_rows",
-    "read_settings", "read_digests", "ok_shard_paths", "source_sizes",
+    "read_settings", "read_digests", "ok_shard_paths", "source_sizes", "AUTO", "AUTO_PAGE", "page_size_of",
 ]
 
 MANIFEST_NAME = "manifest.parquet"
@@ -43,9 +43,13 @@ META_SHARDS = b"stnet_records.shards"          # JSON {file name: FileDigest} of
 HASH_BLOCK = 1 << 20                            # bytes read at a time when hashing a file
 
 MB = 1 << 20
-MIN_PAGE, MAX_PAGE = 1 << 15, 1 << 28          # MindRecord's limits; --page-mb takes powers of two
-# 32 MiB: a 10 s clip at short side 256 fits easily, ~6 of 5.5 MB fill a page (docs/design.md §8)
+MIN_PAGE, MAX_PAGE = 1 << 15, 1 << 28          # MindRecord's limits
+PAGE_ALIGN = 4                                  # MindRecord takes page sizes in multiples of 4 bytes
+# 32 MiB: a 10 s clip at short side 256 fits easily, ~6 of 5.5 MB fill a page (docs/design.md §8);
+# the page of --page-mb auto's fallback and the least it chooses (datatools.pages.AUTO_PAGES)
 DEFAULT_PAGE = 1 << 25
+AUTO = "auto"
+AUTO_PAGE = -1                                  # page_size still to settle (no --page-mb rounds to it)
 LARGER_PAGE = "convert with a larger --page-mb"  # the fix named by every too-large reason
 CHROMA_420 = "420"
 CHROMA_SUBSAMPLINGS = (CHROMA_420, "422", "444")   # JPEG chroma subsampling of stored frames
@@ -138,7 +142,8 @@ class Settings:
     chroma_subsampling: str = CHROMA_420
     # MindDataset refuses to read shards whose page or header sizes differ, so both are fixed for
     # the whole split (the header size derives from page_size and videos_per_shard). A video must
-    # fit in one page; pages hold several videos, so little is lost at page ends.
+    # fit in one page; pages hold several videos, so little is lost at page ends. AUTO_PAGE: the
+    # converter chooses it (datatools.plan.settle_page); stored settings never hold AUTO_PAGE.
     page_size: int = DEFAULT_PAGE
 
     def check(self) -> None:
@@ -154,9 +159,10 @@ class Settings:
                              f"got {self.chroma_subsampling!r}")
         if self.videos_per_shard < 1:
             raise ValueError(f"--videos-per-shard must be >= 1, got {self.videos_per_shard}")
-        if self.page_size & (self.page_size - 1) or not MIN_PAGE <= self.page_size <= MAX_PAGE:
-            raise ValueError(f"--page-mb must be a power of two from {MIN_PAGE / MB:g} to "
-                             f"{MAX_PAGE // MB}, got {self.page_size / MB:g}")
+        if self.page_size != AUTO_PAGE and (self.page_size % PAGE_ALIGN
+                                            or not MIN_PAGE <= self.page_size <= MAX_PAGE):
+            raise ValueError(f"--page-mb must be {AUTO} or from {MIN_PAGE / MB:g} to {MAX_PAGE // MB} "
+                             f"in multiples of {PAGE_ALIGN} bytes, got {self.page_size / MB:g}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,6 +170,17 @@ class Settings:
     @classmethod
     def from_dict(cls, stored: dict) -> "Settings":
         return cls(**{f.name: stored[f.name] for f in fields(cls) if f.name in stored})
+
+
+def page_size_of(page_mb: str) -> int:
+    """``--page-mb``'s bytes: AUTO_PAGE for ``auto``, else the MiB rounded to the nearest multiple
+    of PAGE_ALIGN bytes (``Settings.check`` checks the range)."""
+    if page_mb == AUTO:
+        return AUTO_PAGE
+    try:
+        return PAGE_ALIGN * round(float(page_mb) * MB / PAGE_ALIGN)
+    except (ValueError, OverflowError):          # not a number, nan, inf
+        raise ValueError(f"--page-mb must be {AUTO} or a number of MiB, got {page_mb!r}") from None
 
 
 SHARD_PREFIX, RECORD_SUFFIX = "shard-", ".mindrecord"

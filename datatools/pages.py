@@ -10,22 +10,51 @@ does not keep holes (object storage, most upload tools) moves the holes too.
 
 Hence ``write_calls``: a shard is written in one call, which puts the raw page last, where it ends
 the file with no hole behind it, in the order of ``pack_pages``, which fills each blob page first.
+What is left is the last blob page's tail, which depends on how the page size divides the shard's
+samples: ``choose_page`` picks the split's page size from a few probe videos' sizes
+(``--page-mb auto``, ``datatools.plan.settle_page``).
 """
 from __future__ import annotations
 
 import math
 import os
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-__all__ = ["MIN_HEADER", "MAX_HEADER", "ONE_CALL_PAGES", "header_size", "sample_bytes", "pack_pages",
-           "write_calls", "disk_bytes"]
+from datatools.manifest import DEFAULT_PAGE, MB
+
+__all__ = ["MIN_HEADER", "MAX_HEADER", "ONE_CALL_PAGES", "PageRange", "AUTO_PAGES", "header_size",
+           "sample_bytes", "pack_pages", "write_calls", "layout_ratio", "choose_page", "disk_bytes"]
 
 MIN_HEADER, MAX_HEADER = 1 << 14, 1 << 27
 HEADER_BYTES_PER_PAGE = 512                     # page metadata in the header, generous
 SAMPLE_OVERHEAD = 1024                          # per-sample bytes besides frames and offsets
 PACKING_STEPS = 1 << 13                         # a page's capacity in packing units
 ONE_CALL_PAGES = 32                             # a shard of more pages is written a page per call
+RAW_BYTES_PER_SAMPLE = 128                      # a sample's scalar fields in the raw page, about
+# choose_page's sizes are an estimate: it judges a page by the mean ratio over the sizes scaled
+# evenly across at least +-SIZE_SPREAD, at SPREAD_POINTS scales.
+SIZE_SPREAD = 0.02
+SPREAD_POINTS = 9
+
+
+@dataclass(frozen=True)
+class PageRange:
+    """The page sizes ``choose_page`` weighs: ``floor``, ``floor + step``, ... up to ``ceiling``."""
+
+    floor: int
+    ceiling: int
+    step: int
+
+    def sizes(self) -> range:
+        return range(self.floor, self.ceiling + 1, self.step)
+
+
+# --page-mb auto: whole MiB from the default page, so that no video that fits it is refused as too
+# large, to 128 MiB.
+AUTO_PAGES = PageRange(DEFAULT_PAGE, 128 * MB, MB)
 
 
 def header_size(page_size: int, videos_per_shard: int) -> int:
@@ -47,13 +76,14 @@ def pack_pages(sizes: Sequence[int], page_size: int) -> list[list[int]]:
     rounded up, so a page's picks always fit), in their given order; the last page gets what is
     left. MindRecord fills pages greedily in write order, so with every size an upper bound of what
     it stores, writing the pages one after another ends each of its pages at or after the packed
-    one: it never takes more pages than packed.
+    one: it never takes more pages than packed. A sample that rounds up to more than a page
+    (a page size that is not a multiple of the unit) counts as a full page, so it is packed alone.
     """
-    unit = max(1, page_size // PACKING_STEPS)
-    units = [max(1, -(-size // unit)) for size in sizes]
-    capacity = page_size // unit
-    if any(u > capacity for u in units):
+    if any(size > page_size for size in sizes):
         raise ValueError(f"a sample of {max(sizes)} bytes does not fit a page of {page_size}")
+    unit = max(1, page_size // PACKING_STEPS)
+    capacity = page_size // unit
+    units = [min(capacity, max(1, -(-size // unit))) for size in sizes]
     pages, left = [], list(range(len(sizes)))
     while left:
         chosen = set(_fullest_subset([units[i] for i in left], capacity))
@@ -70,6 +100,54 @@ def write_calls(sizes: Sequence[int], page_size: int) -> list[list[int]]:
     """
     pages = pack_pages(sizes, page_size)
     return pages if len(pages) > ONE_CALL_PAGES else [[i for page in pages for i in page]]
+
+
+def layout_ratio(sizes: Sequence[int], page_size: int) -> float:
+    """Apparent / allocated bytes of a shard of samples of ``sizes`` as ``write_calls`` lays it out.
+
+    Apparent: the header, a slot per blob page, then the raw page (one call) or, written a page
+    per call, the last blob page's bytes (the raw page took the second slot). Allocated: the
+    header, the samples and the raw page.
+    """
+    pages = pack_pages(sizes, page_size)
+    header, raw = header_size(page_size, len(sizes)), RAW_BYTES_PER_SAMPLE * len(sizes)
+    end = raw if len(pages) <= ONE_CALL_PAGES else sum(sizes[i] for i in pages[-1])
+    return (header + len(pages) * page_size + end) / (header + sum(sizes) + raw)
+
+
+def choose_page(sizes: Sequence[int], count: int, pages: PageRange = AUTO_PAGES) -> tuple[int, float]:
+    """The page size of ``pages`` with the least expected ``layout_ratio`` of a shard of ``count``
+    samples of ``sizes`` (a few probe videos', cycled), and that ratio; ties go to the smaller page.
+
+    The expected ratio is the mean over the sizes scaled across ``_spread``: a page that the
+    probe's samples fill to the byte takes one more page a shard for samples a little larger.
+    A page must hold the largest sample with that margin; if none of ``pages`` does, the ceiling
+    (a larger sample will be refused as too large, as it would with any page of the range).
+    """
+    shard = [sizes[i % len(sizes)] for i in range(count)]
+    spread = _spread(sizes, count)
+    scales = [1 + spread * (2 * k / (SPREAD_POINTS - 1) - 1) for k in range(SPREAD_POINTS)]
+    candidates = [p for p in pages.sizes() if p >= max(sizes) * (1 + spread)] or [pages.ceiling]
+    expected = {p: statistics.fmean(_scaled_ratio(shard, p, x) for x in scales) for p in candidates}
+    best = min(candidates, key=expected.__getitem__)
+    return best, expected[best]
+
+
+def _scaled_ratio(sizes: Sequence[int], page_size: int, scale: float) -> float:
+    """``layout_ratio`` of ``sizes`` times ``scale``, without those that the page cannot hold (the
+    converter refuses them as too large)."""
+    scaled = (round(size * scale) for size in sizes)
+    return layout_ratio([size for size in scaled if size <= page_size], page_size)
+
+
+def _spread(sizes: Sequence[int], count: int) -> float:
+    """The relative error to allow for in a shard's sizes against ``sizes`` cycled: twice the
+    standard error of the probe's mean and of a shard's (``len(sizes)`` and ``count`` draws from
+    videos as spread as ``sizes``), at least SIZE_SPREAD."""
+    if len(sizes) < 2:
+        return SIZE_SPREAD
+    cv = statistics.stdev(sizes) / statistics.fmean(sizes)
+    return max(SIZE_SPREAD, 2 * cv * math.sqrt(1 / len(sizes) + 1 / count))
 
 
 def _fullest_subset(units: list[int], capacity: int) -> list[int]:

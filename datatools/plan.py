@@ -2,20 +2,28 @@
 
 Planning reads no video and writes nothing, so a resumed run plans the same shards, and rows
 that can fail before decoding (a list line's own problem, unknown label, duplicate id) are known
-up front.
+up front. Then ``settle_page`` settles an ``auto`` page size, from the shards already done or by
+encoding a few of the planned videos.
 """
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from datatools.manifest import NO_SHARD, ManifestRow, Reason, Settings
+from datatools.manifest import AUTO_PAGE, MB, NO_SHARD, DoneMarker, ManifestRow, Reason, Settings, ShardFiles
+from datatools.pages import AUTO_PAGES, PageRange, choose_page, sample_bytes
+from datatools.video import VideoError, encode_video
 
-__all__ = ["Entry", "VideoTask", "ShardTask", "assign_shards", "plan_shards"]
+__all__ = ["Entry", "VideoTask", "ShardTask", "assign_shards", "plan_shards", "settle_page"]
+
+log = logging.getLogger(__name__)
+
+PROBE_VIDEOS = 4        # videos encoded to choose an auto page size: seconds, a few % of a shard
 
 
 class Entry(Protocol):
@@ -106,6 +114,60 @@ def plan_shards(entries: Sequence[Entry], class_index: dict[str, int], videos_ro
     tasks = [ShardTask(i, str(out_dir), tuple(videos), settings, labels_sha256, decode_threads)
              for i, videos in sorted(per_shard.items())]
     return tasks, pre_failed
+
+
+def settle_page(tasks: list[ShardTask], settings: Settings, pages: PageRange = AUTO_PAGES
+                ) -> tuple[list[ShardTask], Settings]:
+    """The tasks and settings with an ``auto`` page size (AUTO_PAGE) settled; others as given.
+
+    MindDataset reads no split of mixed page sizes, so a split with shards done keeps their page;
+    a new split gets the page of ``pages`` that ``choose_page`` finds for PROBE_VIDEOS of its
+    videos, spread over the plan and encoded with its settings (the floor if none encodes).
+    """
+    if settings.page_size != AUTO_PAGE:
+        return tasks, settings
+    page = _stored_page(tasks) or _probed_page(tasks, pages)
+    settled = replace(settings, page_size=page)
+    return [replace(t, settings=settled) for t in tasks], settled
+
+
+def _stored_page(tasks: list[ShardTask]) -> int | None:
+    """The page size of the first planned shard marked done, None if none is."""
+    for task in tasks:
+        marker = DoneMarker.read(ShardFiles.of(task.out_dir, task.index).done)
+        if marker is not None:
+            log.info("page %g MiB (auto): the page of the shards already done in %s",
+                     marker.settings.page_size / MB, task.out_dir)
+            return marker.settings.page_size
+    return None
+
+
+def _probed_page(tasks: list[ShardTask], pages: PageRange) -> int:
+    """``choose_page``'s page for the sample sizes of the probe videos that encode."""
+    found = [(task, v) for task in tasks for v in task.videos if v.source]
+    probe = found[::max(1, len(found) // PROBE_VIDEOS)][:PROBE_VIDEOS]
+    sizes = [size for task, v in probe if (size := _sample_size(task, v, pages.ceiling)) is not None]
+    if not sizes:
+        log.info("page %g MiB (auto, the least it chooses): no probe video encoded (%d tried)",
+                 pages.floor / MB, len(probe))
+        return pages.floor
+    count = max(len(task.videos) for task in tasks)
+    page, ratio = choose_page(sizes, count, pages)
+    log.info("page %g MiB (auto): expected apparent/allocated %.3f for shards of %d videos like "
+             "the %d probe videos (%.2f MB mean)", page / MB, ratio, count, len(sizes),
+             sum(sizes) / len(sizes) / 1e6)
+    return page
+
+
+def _sample_size(task: ShardTask, video: VideoTask, max_bytes: int) -> int | None:
+    """Bytes of ``video``'s sample encoded with the task's settings, None if it fails to encode."""
+    s = task.settings
+    try:
+        encoded = encode_video(video.source, s.short_side, s.quality, s.max_fps, task.decode_threads,
+                               max_bytes=max_bytes, chroma=s.chroma_subsampling)
+    except VideoError:
+        return None
+    return sample_bytes(len(encoded.jpegs), sum(map(len, encoded.jpegs)))
 
 
 def _pre_failure(entry: Entry, label: int, first_seen: dict[str, str]) -> str:

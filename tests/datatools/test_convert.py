@@ -184,13 +184,13 @@ def test_a_video_larger_than_a_page_is_a_failed_row(tmp_path):
     assert [s[schema.VIDEO_ID].item() for s in read_split(tmp_path / "out")] == ["small_000000_000010"]
 
 
-def test_cli_rejects_a_page_size_that_is_not_a_power_of_two(tmp_path):
+def test_cli_rejects_a_page_size_out_of_range(tmp_path):
     (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n")
     (tmp_path / "labels.txt").write_text("walk 0\n")
     result = subprocess.run([sys.executable, "-m", "datatools.convert", "--csv", str(tmp_path / "train.csv"),
                              "--videos", str(tmp_path), "--labels", str(tmp_path / "labels.txt"),
-                             "--out", str(tmp_path / "out"), "--page-mb", "3"],
+                             "--out", str(tmp_path / "out"), "--page-mb", "300"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "error: --page-mb must be a power of two from 0.03125 to 256, got 3"], result.stderr
+        "error: --page-mb must be auto or from 0.03125 to 256 in multiples of 4 bytes, got 300"], result.stderr
     assert not (tmp_path / "out").exists()
