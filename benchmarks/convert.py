@@ -175,8 +175,8 @@ def main(args: argparse.Namespace) -> int:
             runs = {"reference": (run_reference, videos, tmp / "work"),
                     "ours": (run_ours, listing, labels, root, tmp / "work", settings),
                     "limit": (run_limit, videos, settings)}
-            stats = {name: _median_run(fn, fn_args, args.repeats) for name, (fn, *fn_args) in runs.items()
-                     if has_ffmpeg or name != "reference"}
+            stats = _interleaved_medians({name: run for name, run in runs.items()
+                                          if has_ffmpeg or name != "reference"}, args.repeats)
             for name, (wall, cpu, (jpeg, file)) in stats.items():
                 n = len(videos)
                 on_disk = "- (in memory)" if file is None else f"{file / n / 1e3:.0f}"
@@ -187,10 +187,16 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _median_run(fn, fn_args: list, repeats: int) -> tuple[float, float, tuple[int, int | None]]:
-    """Median wall and CPU seconds of ``repeats`` runs, and the bytes the first run reported."""
-    runs = [measure(fn, *fn_args) for _ in range(repeats)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[0][2]
+def _interleaved_medians(runs: dict[str, tuple], repeats: int) -> dict[str, tuple]:
+    """Per approach, median wall and CPU seconds of ``repeats`` runs, and the bytes its first run
+    reported. Each repeat runs every approach once, back to back, so the machine's load moves
+    them alike."""
+    measured = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (fn, *fn_args) in runs.items():
+            measured[name].append(measure(fn, *fn_args))
+    return {name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), rs[0][2])
+            for name, rs in measured.items()}
 
 
 def _print_ratios(results: dict[str, dict]) -> None:

@@ -17,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 import simplejpeg
-from mindspore.mindrecord import FileReader
+import mindspore.dataset as ds
 
 from datatools import schema
 from datatools.manifest import FileDigest, ShardFiles
@@ -55,19 +55,18 @@ def check_samples(path: str | Path, labels: Mapping[str, int],
                   decode: bool = False) -> tuple[list[str], list[str]]:
     """(video ids, problems) of the shard at ``path``, one problem line per bad video.
 
-    Raises what MindRecord raises (RuntimeError) for a file it cannot read.
+    Read with MindDataset, as the trainer reads it: MindRecord's Python ``FileReader`` turns each
+    blob into a Python list first, ~30 ms a 2 MB video against ~2 ms. Raises what MindRecord
+    raises (RuntimeError) for a file it cannot read.
     """
-    reader = FileReader(str(path), num_consumer=1)
+    rows = ds.MindDataset([str(path)], shuffle=False, num_parallel_workers=1)
     ids, problems = [], []
-    try:
-        for item in reader.get_next():
-            video_id = str(item[schema.VIDEO_ID])
-            ids.append(video_id)
-            found = sample_problems(item, labels.get(video_id), decode)
-            if found:
-                problems.append(f"{video_id}: {'; '.join(found)}")
-    finally:
-        reader.close()
+    for item in rows.create_dict_iterator(num_epochs=1, output_numpy=True):
+        video_id = str(item[schema.VIDEO_ID])
+        ids.append(video_id)
+        found = sample_problems(item, labels.get(video_id), decode)
+        if found:
+            problems.append(f"{video_id}: {'; '.join(found)}")
     return ids, problems
 
 
@@ -75,7 +74,7 @@ def sample_problems(item: dict, label: int | None, decode: bool) -> list[str]:
     """Everything wrong with one stored video: label against the manifest's (None: not listed),
     frames against offsets, the checksum, and with ``decode`` each JPEG."""
     video_id, stored = str(item[schema.VIDEO_ID]), int(item[schema.LABEL])
-    blob, offsets = item[schema.FRAMES], np.asarray(item[schema.OFFSETS])
+    blob, offsets = np.frombuffer(item[schema.FRAMES], np.uint8), np.asarray(item[schema.OFFSETS])
     found = []
     if label is not None and stored != label:
         found.append(f"label {stored} in the shard, {label} in the manifest")
