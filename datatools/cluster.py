@@ -21,10 +21,8 @@ dask is imported only for a cluster run: joblib's local workers import this modu
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections import Counter
 from concurrent.futures import CancelledError
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -84,25 +82,17 @@ class LocalPool:
         return True
 
 
-# In a dask worker process: this process's running tasks of each DaskPool (its tag).
-_running: Counter[str] = Counter()
-_running_lock = threading.Lock()
+# A worker's task states from the moment it picks the task to run (before unpickling its function,
+# which may import for seconds) until the function returns; a running task that is cancelled
+# goes on as "cancelled" until then (dask's worker state machine).
+EXECUTING = ("executing", "long-running", "cancelled", "resumed")
 
 
-def _counted(tag: str, fn: Callable[[Any], Any], item: Any) -> Any:
-    """``fn(item)`` on a worker, counted among ``tag``'s running tasks while it runs."""
-    with _running_lock:
-        _running[tag] += 1
-    try:
-        return fn(item)
-    finally:
-        with _running_lock:
-            _running[tag] -= 1
-
-
-def _running_count(tag: str) -> int:
-    with _running_lock:
-        return _running[tag]
+def _running_count(tag: str, dask_worker: Any = None) -> int:
+    """Tasks of the DaskPool tagged ``tag`` this worker runs or is starting (``client.run`` passes
+    ``dask_worker``)."""
+    return sum(1 for key, ts in dask_worker.state.tasks.items()
+               if str(key).endswith(f"-{tag}") and ts.state in EXECUTING)
 
 
 class DaskPool:
@@ -166,7 +156,7 @@ class DaskPool:
         (RunStopped)."""
         from dask.distributed import KilledWorker, as_completed
 
-        self._pending = {self._client.submit(_counted, self._tag, fn, item, key=f"{name}-{self._tag}")
+        self._pending = {self._client.submit(fn, item, key=f"{name}-{self._tag}")
                          for item, name in zip(items, names)}
         try:
             for future in as_completed(list(self._pending), loop=self._client.loop):

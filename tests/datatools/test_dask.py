@@ -154,7 +154,8 @@ def test_a_worker_killed_mid_run_stops_it_with_one_line_and_the_rerun_resumes(so
     err = capsys.readouterr().err
     assert killed, "no worker was busy after the first shard: the run ended before the kill"
     assert code == 1 and err.count("\n") == 1, err
-    running = dask_cluster.run(lambda: sum(cluster._running.values()))
+    running = dask_cluster.run(lambda dask_worker: sum(ts.state in cluster.EXECUTING
+                                                       for ts in dask_worker.state.tasks.values()))
     assert not any(running.values()), f"tasks of the stopped run still run: {running}"
     assert err.startswith("stopped: dask workers died 1 time(s) running shard ") and killed[0] in err
     left = sorted(p.name for p in out.iterdir())
