@@ -103,8 +103,9 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
     if upload is not None:
         upload.check(Path(labels_path))
     with open_pool(backend, workers, scheduler) as pool, output_lock(out_dir):
-        tasks, settings = settle_page(tasks, settings, auto_pages)
-        resume = _resume(tasks, Path(labels_path), workers)
+        markers = [DoneMarker.read(ShardFiles.of(t.out_dir, t.index).done) for t in tasks]
+        tasks, settings = settle_page(tasks, settings, markers, auto_pages)
+        resume = _resume(tasks, markers, Path(labels_path), workers)
         if upload is not None:
             upload.start(out_dir, sorted(resume.kept), bool(resume.todo), workers)
         total = sum(len(t.videos) for t in resume.todo)
@@ -128,11 +129,12 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
                          apparent, resume.damaged, len(resume.retried), retried_ok)
 
 
-def _resume(tasks: list[ShardTask], labels_path: Path, workers: int) -> _Resume:
-    """Sort the planned shards into kept and to-do after checking that the output was converted
-    with these settings and this label file. The kept shards' digests are checked in threads:
-    hashlib releases the GIL, so ``workers`` files are read at once."""
-    markers = [DoneMarker.read(ShardFiles.of(t.out_dir, t.index).done) for t in tasks]
+def _resume(tasks: list[ShardTask], markers: list[DoneMarker | None], labels_path: Path,
+            workers: int) -> _Resume:
+    """Sort the planned shards into kept and to-do, given their done markers (None: not done),
+    after checking that the output was converted with these settings and this label file. The
+    kept shards' digests are checked in threads: hashlib releases the GIL, so ``workers`` files
+    are read at once."""
     for task, marker in zip(tasks, markers):
         if marker is not None:
             _check_same_inputs(task, marker, labels_path)

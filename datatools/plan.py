@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from datatools.manifest import AUTO_PAGE, MB, NO_SHARD, DoneMarker, ManifestRow, Reason, Settings, ShardFiles
+from datatools.manifest import AUTO_PAGE, MB, NO_SHARD, DoneMarker, ManifestRow, Reason, Settings
 from datatools.pages import AUTO_PAGES, PageRange, choose_page, sample_bytes
 from datatools.video import VideoError, encode_video
 
@@ -116,30 +116,26 @@ def plan_shards(entries: Sequence[Entry], class_index: dict[str, int], videos_ro
     return tasks, pre_failed
 
 
-def settle_page(tasks: list[ShardTask], settings: Settings, pages: PageRange = AUTO_PAGES
-                ) -> tuple[list[ShardTask], Settings]:
+def settle_page(tasks: list[ShardTask], settings: Settings, markers: Sequence[DoneMarker | None],
+                pages: PageRange = AUTO_PAGES) -> tuple[list[ShardTask], Settings]:
     """The tasks and settings with an ``auto`` page size (AUTO_PAGE) settled; others as given.
 
-    MindDataset reads no split of mixed page sizes, so a split with shards done keeps their page;
-    a new split gets the page of ``pages`` that ``choose_page`` finds for PROBE_VIDEOS of its
-    videos, spread over the plan and encoded with its settings (the floor if none encodes).
+    MindDataset reads no split of mixed page sizes, so a split with shards done (``markers``,
+    the tasks' done markers, None for a shard not done) keeps their page; a new split gets the
+    page of ``pages`` that ``choose_page`` finds for PROBE_VIDEOS of its videos, spread over the
+    plan and encoded with its settings (the floor if none encodes).
     """
     if settings.page_size != AUTO_PAGE:
         return tasks, settings
-    page = _stored_page(tasks) or _probed_page(tasks, pages)
+    done = next((marker for marker in markers if marker is not None), None)
+    if done is not None:
+        page = done.settings.page_size
+        log.info("page %g MiB (auto): the page of the shards already done in %s", page / MB,
+                 tasks[0].out_dir)
+    else:
+        page = _probed_page(tasks, pages)
     settled = replace(settings, page_size=page)
     return [replace(t, settings=settled) for t in tasks], settled
-
-
-def _stored_page(tasks: list[ShardTask]) -> int | None:
-    """The page size of the first planned shard marked done, None if none is."""
-    for task in tasks:
-        marker = DoneMarker.read(ShardFiles.of(task.out_dir, task.index).done)
-        if marker is not None:
-            log.info("page %g MiB (auto): the page of the shards already done in %s",
-                     marker.settings.page_size / MB, task.out_dir)
-            return marker.settings.page_size
-    return None
 
 
 def _probed_page(tasks: list[ShardTask], pages: PageRange) -> int:

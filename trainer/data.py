@@ -248,7 +248,7 @@ class ClipDecoder:
         frame's.
         """
         clips, t, n = indices.shape
-        size = self.frame_size(blob, offsets, int(indices.flat[0]), video_id)
+        size = None     # the clip's first frame's, which every frame must have
         c = self.crop
         frame_shape = (3, c, c) if self.normalize else (c, c, 3)
         out = np.empty((clips, len(boxes), t * n, *frame_shape), self.dtype)
@@ -259,6 +259,7 @@ class ClipDecoder:
                     out[k, :, j] = out[first[index][0], :, first[index][1]]
                     continue
                 frame = self._frame(blob, offsets, index, video_id)
+                size = size or frame.shape[:2]
                 if frame.shape[:2] != size:
                     raise BadSample(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, frame "
                                     f"{int(indices.flat[0])} {size[1]}x{size[0]}")
@@ -342,7 +343,7 @@ class TrainClips:
 
 class EvalClips:
     """Map op for evaluation: (frames, offsets, num_frames, label, video_id, checksum) → (clip
-    (V, T, 3N, S, S), label, mask, video_id, problem), deterministic.
+    (V, *``ClipDecoder.clip_shape``), label, mask, video_id, problem), deterministic.
 
     V = K·C views per video: K temporal clips (``ClipSampler.test_indices``) × C spatial crops
     (``ClipDecoder.test_boxes``), clip-major (view ``k·C + c``); every view is scored alike
@@ -380,7 +381,7 @@ class EvalClips:
 
     def views(self, blob: bytes | memoryview, offsets: np.ndarray, num_frames: int,
               video_id: str = "") -> np.ndarray:
-        """(K·C, T, 3N, S, S) views of one video's frames (``trainer.predict`` calls it on frames
+        """(K·C, *clip_shape) views of one video's frames (``trainer.predict`` calls it on frames
         it encoded itself, so a prediction sees the pixels an evaluation does)."""
         indices = self.sampler.test_indices(num_frames, self.num_clips)
         size = self.decoder.frame_size(blob, offsets, int(indices.flat[0]), video_id)
