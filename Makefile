@@ -4,11 +4,8 @@ PYTHON_BOOT ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-# Project root first, then the caller's PYTHONPATH, never replacing it: CANN's set_env.sh puts its
-# TBE/op-impl Python paths there. A sub-make (demo) finds the root already in front and keeps it.
-ifneq ($(firstword $(subst :, ,$(PYTHONPATH))),$(CURDIR))
-export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
-endif
+# The project is installed into .venv (editable): its packages import from any directory, and the
+# caller's PYTHONPATH (CANN's set_env.sh puts its TBE/op-impl Python paths there) passes untouched.
 
 CONFIG ?= configs/demo.yaml
 MASTER_PORT ?= 8118
@@ -40,21 +37,30 @@ CKPT ?=
 # Without CKPT, eval and export use the run's best.ckpt (runs/<name>/best.ckpt).
 CKPT_ARG = $(if $(CKPT),--ckpt $(CKPT))
 
-.PHONY: setup test records train train-8p eval predict package-310 export-310 demo
+.PHONY: setup test test-fast records train train-8p eval predict package-310 export-310 demo
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# requirements.txt is the pinned lock of pyproject.toml's dependencies (tests/test_packaging.py);
+# the project itself goes in editable, without resolving its dependencies a second time.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation --editable .
 	touch $@
 
+# The whole suite (CI runs it; pytest.ini lists the 15 slowest tests at the end), and the inner
+# loop: everything but the tests marked slow (training runs, msrun jobs, Dask clusters).
 test: setup
 	$(PY) -m pytest -q tests
 
-# What every target runs with, as its python sees it: interpreter, PYTHONPATH, sys.path, MindSpore
-# version and default device. On an Ascend host: are CANN's set_env.sh paths there, is it Ascend?
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+# What every target runs with, as its python sees it: interpreter, PYTHONPATH, sys.path, where the
+# project is imported from, MindSpore version and default device. On an Ascend host: are CANN's
+# set_env.sh paths there, is it Ascend?
 .PHONY: env
 env:
 	@test -x $(PY) || { echo "error: $(PY) not found: run make setup" >&2; exit 1; }
@@ -62,6 +68,7 @@ env:
 		print("python:", sys.executable, sys.version.split()[0]); \
 		print("PYTHONPATH:", os.environ.get("PYTHONPATH", "<unset>")); \
 		print("sys.path:", *(p for p in sys.path if p), sep="\n  "); \
+		import trainer; print("trainer:", trainer.__file__); \
 		import mindspore as ms; \
 		print("mindspore:", ms.__version__, "device_target:", ms.get_context("device_target"))'
 

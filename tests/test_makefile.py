@@ -1,4 +1,5 @@
-"""make targets keep the caller's PYTHONPATH (CANN's set_env.sh puts its op-impl paths there)."""
+"""make targets run the installed project and keep the caller's PYTHONPATH as it is (CANN's
+set_env.sh puts its op-impl paths there)."""
 from __future__ import annotations
 
 import os
@@ -15,8 +16,9 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None or not (ROOT / ".ve
                                 reason="needs make and the project's .venv")
 
 
-def make_env(pythonpath: str | None) -> tuple[str, list[str]]:
-    """``make -s env`` from the repo; returns PYTHONPATH and sys.path as the targets' python saw them."""
+def make_env(pythonpath: str | None) -> dict:
+    """``make -s env`` from the repo: what the targets' python saw (PYTHONPATH, sys.path, the
+    file ``trainer`` was imported from)."""
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "MAKEFLAGS", "MAKELEVEL"}}
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
@@ -25,21 +27,20 @@ def make_env(pythonpath: str | None) -> tuple[str, list[str]]:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any(line.startswith("mindspore: ") for line in lines), result.stdout
-    environ_value = next(line for line in lines if line.startswith("PYTHONPATH: "))
+    value = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in lines
+             if line.startswith(("PYTHONPATH: ", "trainer: "))}
     start = lines.index("sys.path:") + 1
-    return (environ_value.removeprefix("PYTHONPATH: "),
-            [line.strip() for line in lines[start:] if line.startswith("  ")])
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("  "))
+    return {**value, "sys.path": [line.strip() for line in lines[start:end]]}
 
 
-@pytest.mark.parametrize("inherited, expected", [
-    (FAKE_CANN, f"{ROOT}:{FAKE_CANN}"),
-    (None, str(ROOT)),  # no trailing colon: an empty entry would put the cwd on sys.path
-    (f"{ROOT}:{FAKE_CANN}", f"{ROOT}:{FAKE_CANN}"),  # a sub-make (make demo) adds no second root
-])
-def test_make_keeps_inherited_pythonpath(inherited, expected):
-    environ_value, sys_path = make_env(inherited)
-    assert environ_value == expected
-    assert sys_path[:len(expected.split(":"))] == expected.split(":")
+@pytest.mark.parametrize("inherited", [FAKE_CANN, None, f"{FAKE_CANN}:/opt/fake/other"])
+def test_make_keeps_inherited_pythonpath_and_runs_the_installed_project(inherited):
+    seen = make_env(inherited)
+    assert seen["PYTHONPATH"] == (inherited or "<unset>")
+    if inherited:
+        assert seen["sys.path"][:len(inherited.split(":"))] == inherited.split(":")
+    assert seen["trainer"] == str(ROOT / "trainer" / "__init__.py")
 
 
 def test_make_eval_under_msrun_ends_with_the_result_line(tiny_records, tmp_path):
