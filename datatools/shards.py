@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import shutil
 import traceback
 from enum import Enum, auto
@@ -136,17 +137,32 @@ def no_space_error(exc: BaseException, path: Path, page_size: int) -> NoSpaceErr
     MindRecord's writer reports a full disk as a RuntimeError without errno ("No free disk...",
     "Failed to write file", SQLite's "database or disk is full"): for errors without errno the
     free space decides. MindRecord refuses to write below MINDRECORD_MIN_FREE, and a write stopped
-    by a full disk leaves less than two pages more than that.
+    by a full disk leaves less than two pages more than that. It reports the file size limit
+    (EFBIG, "Failed to seekp file") without errno too: a write it stopped leaves ``path`` within
+    two pages of the limit.
     """
     code = getattr(exc, "errno", None)
-    if isinstance(exc, OSError) and code == errno.EFBIG:
+    errorless = code is None and isinstance(exc, (OSError, RuntimeError))
+    too_large = code == errno.EFBIG and isinstance(exc, OSError)
+    if too_large or (errorless and _near_size_limit(path, page_size)):
         return NoSpaceError(f"file too large for this process or filesystem writing {path}: raise "
                             f"the file size limit (ulimit -f) or use another --out; {RESUMES}")
     full = code in (errno.ENOSPC, errno.EDQUOT) or (
-        code is None and isinstance(exc, (OSError, RuntimeError))
-        and shutil.disk_usage(path.parent).free < MINDRECORD_MIN_FREE + 2 * page_size)
+        errorless and shutil.disk_usage(path.parent).free < MINDRECORD_MIN_FREE + 2 * page_size)
     return NoSpaceError(f"no space left on device writing {path}: free space or use another --out; "
                         f"{RESUMES}") if full else None
+
+
+def _near_size_limit(path: Path, page_size: int) -> bool:
+    """Whether ``path`` ends within two pages of this process's file size limit (``ulimit -f``)."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return False
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    return size + 2 * page_size > limit
 
 
 def _convert(task: ShardTask, files: ShardFiles) -> ShardRows:

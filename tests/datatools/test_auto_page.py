@@ -3,6 +3,8 @@ their page on real MindRecord files."""
 from __future__ import annotations
 
 import logging
+import math
+import statistics
 
 import pytest
 
@@ -67,13 +69,26 @@ AUTO_SETTINGS = Settings(short_side=0, quality=90, max_fps=None, videos_per_shar
                          page_size=AUTO_PAGE)
 
 
+def _one_page_for_the_shard(sizes: list[int], pages: PageRange) -> int:
+    """The page ``choose_page`` must pick for a shard of exactly the probe videos of ``sizes``,
+    worked out from its documented rule rather than by calling it: the least page of ``pages``
+    that holds the whole shard with the margin for a shard's sizes (twice the standard error of
+    the probe's mean and of the shard's, at least 2%). A smaller page takes a second page for
+    the shard (apparent/allocated near 2), a page per video leaves a tail per video, and a larger
+    page only adds to the one tail."""
+    cv = statistics.stdev(sizes) / statistics.fmean(sizes)
+    spread = max(0.02, 2 * cv * math.sqrt(2 / len(sizes)))
+    need = sum(sizes) * (1 + spread)
+    return pages.floor + math.ceil((need - pages.floor) / pages.step) * pages.step
+
+
 def test_auto_stores_the_chosen_page_and_a_rerun_keeps_it_without_probing(tmp_path, monkeypatch, caplog):
     split = _split(tmp_path, 4)
     with caplog.at_level(logging.INFO, logger="datatools.plan"):
         result = convert(*split, tmp_path / "out", AUTO_SETTINGS, auto_pages=SMALL_PAGES)
     rows = read_rows(tmp_path / "out")
     assert [r.status for r in rows] == [STATUS_OK] * 4
-    page, _ = choose_page([sample_bytes(r.num_frames, r.bytes) for r in rows], 4, SMALL_PAGES)
+    page = _one_page_for_the_shard([sample_bytes(r.num_frames, r.bytes) for r in rows], SMALL_PAGES)
     assert page != SMALL_PAGES.floor           # the videos are larger: a choice was made
     assert read_settings(read_manifest(tmp_path / "out")).page_size == page
     assert f"page {page / MB:g} MiB (auto): expected apparent/allocated" in caplog.text

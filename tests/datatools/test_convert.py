@@ -12,7 +12,8 @@ import pytest
 import simplejpeg
 
 from datatools import schema
-from datatools.convert import convert, summary_lines
+from datatools.cli import run_cli
+from datatools.convert import build_parser, convert, main, summary_lines
 from datatools.manifest import (LOCK_NAME, STATUS_FAILED, STATUS_OK, FileDigest, Settings, ShardFiles,
                                 ok_shard_paths, read_digests, read_manifest, read_rows, read_settings,
                                 reason_kind, shard_index)
@@ -116,21 +117,21 @@ def test_rerun_with_other_settings_is_refused(bad_run):
     assert not (base / "out" / LOCK_NAME).exists()
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "datatools.convert", *map(str, args)],
-                          capture_output=True, text=True)
+def _cli(capsys, *args) -> tuple[int, str]:
+    """``python -m datatools.convert`` in this process: its exit code and stderr."""
+    code = run_cli(build_parser(), main, list(map(str, args)))
+    return code, capsys.readouterr().err
 
 
-def test_cli_bad_arguments_fail_with_one_line_before_touching_disk(bad_run, tmp_path):
+def test_cli_bad_arguments_fail_with_one_line_before_touching_disk(bad_run, tmp_path, capsys):
     base, _ = bad_run
     common = ["--csv", base / "train.csv", "--videos", base / "videos", "--labels", base / "labels.txt",
               "--out", tmp_path / "out"]
-    proc = _cli(*common, "--quality", "0")
-    assert (proc.returncode, proc.stderr) == (2, "error: --quality must be in 1..100, got 0\n")
-    proc = _cli(*common[:-2], "--out", tmp_path / "out", "--backend", "nope")
-    assert proc.returncode == 2 and proc.stderr.startswith("error: --backend must be one of [")
-    proc = _cli("--csv", tmp_path / "none.csv", *common[2:])
-    assert (proc.returncode, proc.stderr) == (2, f"error: CSV not found: {tmp_path / 'none.csv'}\n")
+    assert _cli(capsys, *common, "--quality", "0") == (2, "error: --quality must be in 1..100, got 0\n")
+    code, err = _cli(capsys, *common, "--backend", "nope")
+    assert code == 2 and err.startswith("error: --backend must be one of [") and err.count("\n") == 1, err
+    assert _cli(capsys, "--csv", tmp_path / "none.csv", *common[2:]) == (
+        2, f"error: CSV not found: {tmp_path / 'none.csv'}\n")
     assert not (tmp_path / "out").exists()
 
 
@@ -185,6 +186,8 @@ def test_a_video_larger_than_a_page_is_a_failed_row(tmp_path):
 
 
 def test_cli_rejects_a_page_size_out_of_range(tmp_path):
+    """The one run of ``python -m datatools.convert`` as its own process here: the exit code and
+    the single stderr line a user sees."""
     (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n")
     (tmp_path / "labels.txt").write_text("walk 0\n")
     result = subprocess.run([sys.executable, "-m", "datatools.convert", "--csv", str(tmp_path / "train.csv"),

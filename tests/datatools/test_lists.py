@@ -70,7 +70,12 @@ def test_the_trainer_reads_a_converted_list(plain):
     cfg = load_config(DEMO, [f"data.root={base / 'records'}", "model.num_classes=3", "test.crop=32",
                              "data.crop_size=32", "data.num_workers=1"])
     batches = create_dataset(cfg, "val", training=False).create_dict_iterator(num_epochs=1, output_numpy=True)
-    assert sum(int(b[MASK].sum()) for b in batches) == len(GOOD)
+    read = [(str(v), int(label)) for b in batches
+            for v, label, mask in zip(b[schema.VIDEO_ID], b[schema.LABEL], b[MASK]) if mask]
+    names = schema.read_labels(base / "records" / schema.LABELS_NAME)
+    listed = [(path.rsplit(".", 1)[0], names.index(label)) for path, label in
+              (line.rsplit(" ", 1) for line in GOOD)]
+    assert sorted(read) == sorted(listed)          # each video once, with the list's label
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from trainer.config import load_config
+from trainer.config import ConfigError, load_config
 from trainer.schedule import build_lr
 
 from tests.trainer.test_config import RECIPE
@@ -23,7 +23,13 @@ def test_warmup_then_cosine():
 
 
 def test_bad_schedule_and_empty_epoch():
-    with pytest.raises(ValueError, match="lr_schedule"):
-        build_lr(load_config(RECIPE, ["train.lr_schedule=poly"]).train, 10)
+    """build_lr refuses what it cannot schedule even past the config check (a Config edited in
+    code), and load_config refuses the same value first."""
+    train = load_config(RECIPE).train
+    train["lr_schedule"] = "poly"
+    with pytest.raises(ValueError, match=r"lr_schedule must be one of \('step', 'cosine'\), got 'poly'"):
+        build_lr(train, 10)
+    with pytest.raises(ConfigError, match=r"train.lr_schedule must be one of step\|cosine, got 'poly'"):
+        load_config(RECIPE, ["train.lr_schedule=poly"])
     with pytest.raises(ValueError, match="at least one step"):
         build_lr(load_config(RECIPE).train, 0)

@@ -128,6 +128,13 @@ def test_rescaling_stored_frames_is_logged_once(zoo_records, caplog):
 
 
 def test_unknown_resize_mode_is_a_config_error(zoo_records):
+    """The decoder refuses a mode it does not know even past the config check (a Config edited in
+    code), and load_config refuses the same value first."""
     root, _ = zoo_records
-    with pytest.raises(ConfigError, match=r"data.resize must be one of keep\|zoo, got 'squash'"):
-        clip_decoder(_zoo_config(root, "data.resize=squash"), "hd", CROP)
+    cfg = _zoo_config(root)
+    cfg.data["resize"] = "squash"
+    message = r"data.resize must be one of keep\|zoo, got 'squash'"
+    with pytest.raises(ConfigError, match=message):
+        clip_decoder(cfg, "hd", CROP)
+    with pytest.raises(ConfigError, match=message):
+        _zoo_config(root, "data.resize=squash")
