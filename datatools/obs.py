@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, Callable
 from obs import ObsClient, PutObjectHeader
 
 __all__ = ["SCHEME", "ObsError", "ObsUrl", "parse_url", "is_obs_url", "ObjectInfo", "ObjectStat",
-           "FileDigest", "Bucket", "retrying", "endpoint_from_env"]
+           "FileDigest", "Bucket", "retrying", "refuse_oversized", "endpoint_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,14 @@ def _refusal(resp: Any, endpoint: str) -> str:
     return f"{head}: {resp.errorMessage}" if resp.errorMessage else head
 
 
+def refuse_oversized(url: str, local: Path, size: int) -> None:
+    """A file one PUT cannot take (``MAX_PUT``) is refused before it is read: a multipart upload
+    would go unchecked (see above)."""
+    if size > MAX_PUT:
+        raise ObsError(f"upload {url}: {local} has {size} bytes, more than one PUT takes ({MAX_PUT}); "
+                       f"split it")
+
+
 class Bucket:
     """One bucket at one endpoint; the client is shared by threads (one request, one connection)."""
 
@@ -242,10 +250,8 @@ class Bucket:
                progress: Callable[[int], None] | None = None) -> ObjectStat:
         """Store ``local`` as ``key`` with Content-MD5 and its sha256 in the metadata, then read
         the object back (``ObjectStat.received``). ``progress`` gets the bytes sent so far."""
+        refuse_oversized(self.url(key), local, digest.size if digest else local.stat().st_size)
         digest = digest or FileDigest.of(local)
-        if digest.size > MAX_PUT:
-            raise ObsError(f"upload {self.url(key)}: {local} has {digest.size} bytes, more than one "
-                           f"PUT takes ({MAX_PUT}); split it")
         header = PutObjectHeader(md5=base64.b64encode(bytes.fromhex(digest.md5)).decode(),
                                  contentLength=digest.size)
 

@@ -28,7 +28,7 @@ from typing import Callable
 
 from datatools.cli import positive_int, run_cli
 from datatools.manifest import MANIFEST_NAME, DoneMarker, ShardFiles
-from datatools.obs import Bucket, FileDigest, ObsUrl, endpoint_from_env, parse_url
+from datatools.obs import Bucket, FileDigest, ObsUrl, endpoint_from_env, parse_url, refuse_oversized
 from datatools.schema import LABELS_NAME
 
 __all__ = ["DATA", "MARKER", "MANIFEST", "phase_of", "Progress", "SyncResult", "sync", "SplitPush",
@@ -155,6 +155,7 @@ def _push(root: Path, url: ObsUrl, bucket: Bucket, workers: int, progress: Progr
         rel = path.relative_to(root).as_posix()
         if path.is_file() and (phase := phase_of(rel)) is not None:
             items.append(_Item(rel, path.stat().st_size, phase, url.key(rel) in there))
+            refuse_oversized(bucket.url(url.key(rel)), path, items[-1].size)   # before any upload
     if not items:
         raise FileNotFoundError(f"{root}: no files to push")
     log.info("push %s -> %s: %d files, %.1f MB, %d workers", root, url, len(items),

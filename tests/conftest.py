@@ -3,10 +3,13 @@ real local S3 server (moto's; OBS speaks S3) with fake credentials in the enviro
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import mindspore as ms
 import pytest
@@ -84,25 +87,62 @@ def tiny_records(tmp_path_factory) -> TinyRecords:
 
 
 KEY_ID, SECRET = "AKFAKESTNETKEY0001", "fake-secret-never-printed-0001"
+TOKEN = "fake-security-token-never-printed-0001"      # OBS_SECURITY_TOKEN, where a test sets one
+
+WsgiApp = Callable[[dict, Callable], object]
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    """moto's S3 server for the module, serving S3 alone: its usual dispatcher (ThreadedMotoServer)
-    reads the service from a SigV4 credential scope and misroutes the ~0.07% of v2-signed requests
-    whose signature holds four '/'. werkzeug's request lines would pollute stderr."""
+def free_port() -> int:
+    """A port nothing listens on now (bound to port 0, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """An in-process CLI run (run_cli, setup_logging) points the root logger at this test's
+    captured stdout; left there, a later test's log lines hit a closed stream and print
+    "--- Logging error ---" to its stderr, breaking its one-line error checks."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@contextmanager
+def serving(app: WsgiApp) -> Iterator[str]:
+    """``app`` served on a free port of 127.0.0.1 by threads; yields its URL. werkzeug's request
+    lines would pollute stderr."""
     werkzeug = logging.getLogger("werkzeug")
     level = werkzeug.level
     werkzeug.setLevel(logging.CRITICAL)
-    server = make_server("127.0.0.1", 0, create_backend_app("s3"), threaded=True,
-                         request_handler=MotoRequestHandler)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
-    werkzeug.setLevel(level)
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        werkzeug.setLevel(level)
+
+
+def s3_app() -> WsgiApp:
+    """moto's S3 alone: its usual dispatcher (ThreadedMotoServer) reads the service from a SigV4
+    credential scope and misroutes the ~0.07% of v2-signed requests whose signature holds four
+    '/'. Every app shares moto's one in-memory store: another server sees the same buckets."""
+    return create_backend_app("s3")
+
+
+@pytest.fixture(scope="session")
+def endpoint() -> Iterator[str]:
+    """moto's S3 server, one for the session (each test gets its own bucket)."""
+    with serving(s3_app()) as url:
+        yield url
 
 
 @pytest.fixture

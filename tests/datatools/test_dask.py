@@ -1,7 +1,8 @@
 """datatools.convert on a real Dask cluster: a scheduler and two one-thread workers started with
 the `dask` command on 127.0.0.1, as README's "Converting on a cluster" starts them on machines
 sharing storage. The output is the local run's, byte for byte; --upload pushes from the workers;
-a worker killed mid-run stops the run with one line and leaves no partial shard, and the same
+a worker killed mid-shard has its task retried on another worker (dask's default), and where the
+scheduler allows no retry the run stops with one line, leaves no partial shard, and the same
 command then resumes; a scheduler that cannot be reached is one line."""
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -24,9 +26,10 @@ from datatools import cluster, convert, schema, sync
 from datatools.cli import run_cli
 from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
-from datatools.manifest import LOCK_NAME, read_digests, read_manifest, read_rows
+from datatools.manifest import (LOCK_NAME, RECORD_SUFFIX, ShardFiles, read_digests, read_manifest,
+                                read_rows, shard_index)
 from datatools.synth import SynthSpec, make_dataset
-from tests.conftest import KEY_ID, SECRET
+from tests.conftest import KEY_ID, SECRET, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DASK = Path(sys.executable).parent / "dask"
@@ -56,24 +59,24 @@ def source(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory) -> Client:
-    """`dask scheduler` and two `dask worker`s (one process, one thread each) on 127.0.0.1; a
-    client to it. The scheduler gives up on a task after one dead worker (allowed-failures 0), so
-    a killed worker stops the run instead of being retried. Workers import this checkout and hold
-    fake OBS credentials. Every process is stopped at the end, whatever happened."""
+    """`dask scheduler` and two `dask worker`s (one process, one thread each, under a nanny that
+    starts a new process when one is killed) on 127.0.0.1, in dask's default configuration; a
+    client to it. Workers import this checkout and hold fake OBS credentials. Every process is
+    stopped at the end, whatever happened."""
     logs = tmp_path_factory.mktemp("dask_cluster")
-    env = {k: v for k, v in os.environ.items() if k != cluster.ENV_SCHEDULER}
+    env = {k: v for k, v in os.environ.items() if k != cluster.ENV_SCHEDULER and not k.startswith("DASK_")}
     env.update(PYTHONPATH=str(REPO), OBS_ACCESS_KEY_ID=KEY_ID, OBS_SECRET_ACCESS_KEY=SECRET)
     address_file = logs / "scheduler.json"
     procs: list[subprocess.Popen] = []
 
-    def start(name: str, *args: str, **extra_env: str) -> None:
+    def start(name: str, *args: str) -> None:
         with open(logs / f"{name}.log", "w") as log:
-            procs.append(subprocess.Popen([str(DASK), *args], env={**env, **extra_env}, stdout=log,
+            procs.append(subprocess.Popen([str(DASK), *args], env=env, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True))
 
     try:
         start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-              "--scheduler-file", str(address_file), DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+              "--scheduler-file", str(address_file))
         deadline = time.monotonic() + 60
         while not address_file.is_file():
             assert procs[0].poll() is None and time.monotonic() < deadline, \
@@ -83,11 +86,10 @@ def dask_cluster(tmp_path_factory) -> Client:
             start(f"worker{i}", "worker", "--scheduler-file", str(address_file), "--host", "127.0.0.1",
                   "--nworkers", "1", "--nthreads", "1", "--memory-limit", "2GB", "--no-dashboard")
         with Client(json.loads(address_file.read_text())["address"], set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=120)
-            client.run(importlib.import_module, "datatools.convert")     # MindSpore: once, now
             yield client
     finally:
         for proc in procs:
+            os.killpg(proc.pid, signal.SIGCONT)     # a worker a failed test left frozen
             os.killpg(proc.pid, signal.SIGTERM)
         for proc in procs:
             try:
@@ -95,6 +97,29 @@ def dask_cluster(tmp_path_factory) -> Client:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.fixture
+def workers(dask_cluster) -> dict[str, int]:
+    """The cluster's two workers, ready (a killed one's successor included), MindSpore imported
+    by each: worker address -> pid of its process (not its nanny's)."""
+    dask_cluster.wait_for_workers(2, timeout=120)
+    dask_cluster.run(importlib.import_module, "datatools.convert")
+    pids = dask_cluster.run(os.getpid)
+    assert len(pids) == 2, pids
+    return pids
+
+
+@pytest.fixture
+def no_retry(dask_cluster) -> None:
+    """The scheduler gives up on a task at its first dead worker (allowed-failures 0, as a cluster
+    configured so would), for this test only. (Lambdas: pickled by value, the scheduler need not
+    import this module.)"""
+    before = dask_cluster.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+    dask_cluster.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 0))
+    yield
+    dask_cluster.run_on_scheduler(lambda count, dask_scheduler: setattr(dask_scheduler, "allowed_failures",
+                                                                         count), before)
 
 
 def _same_split(split: Path, reference: Path) -> None:
@@ -143,21 +168,33 @@ def test_backend_dask_takes_the_scheduler_from_the_environment_or_starts_a_local
     _same_split(out, source["local"])
 
 
-def test_a_worker_killed_mid_run_stops_it_with_one_line_and_the_rerun_resumes(source, dask_cluster, capsys):
+def test_a_worker_killed_mid_shard_has_its_task_retried_on_another_worker(source, dask_cluster, workers,
+                                                                      capsys):
+    out = source["records"] / "retried"
+    argv = source["args"](out) + ["--scheduler", dask_cluster.scheduler.address]
+    with MidShardKill(out, workers, after_done=0) as kill:
+        code = run_cli(convert.build_parser(), convert.main, argv)
+    captured = capsys.readouterr()
+    assert kill.shard is not None, "no worker was caught mid-shard"
+    assert code == 0, captured.err
+    assert f"shards: {SHARDS} converted" in captured.out
+    _same_split(out, source["local"])               # the killed shard redone whole
+
+
+def test_a_worker_killed_mid_shard_without_retries_stops_the_run_with_one_line_and_the_rerun_resumes(
+        source, dask_cluster, workers, no_retry, capsys):
     out = source["records"] / "killed"
     argv = source["args"](out) + ["--scheduler", dask_cluster.scheduler.address]
-    killed: list[str] = []
-    killer = threading.Thread(target=_kill_a_busy_worker, args=(dask_cluster, out, killed), daemon=True)
-    killer.start()
-    code = run_cli(convert.build_parser(), convert.main, argv)
-    killer.join()
+    with MidShardKill(out, workers, after_done=1) as kill:
+        code = run_cli(convert.build_parser(), convert.main, argv)
     err = capsys.readouterr().err
-    assert killed, "no worker was busy after the first shard: the run ended before the kill"
+    assert kill.shard is not None, "no worker was caught mid-shard"
     assert code == 1 and err.count("\n") == 1, err
+    # the killed shard, or another the scheduler had already queued on that worker
+    assert re.match(rf"stopped: dask workers died 1 time\(s\) running shard \d+ \(the last: {kill.worker}\); ", err)
     running = dask_cluster.run(lambda dask_worker: sum(ts.state in cluster.EXECUTING
                                                        for ts in dask_worker.state.tasks.values()))
     assert not any(running.values()), f"tasks of the stopped run still run: {running}"
-    assert err.startswith("stopped: dask workers died 1 time(s) running shard ") and killed[0] in err
     left = sorted(p.name for p in out.iterdir())
     done = [n for n in left if n.endswith(".done.json")]
     assert 1 <= len(done) < SHARDS and LOCK_NAME not in left
@@ -168,27 +205,87 @@ def test_a_worker_killed_mid_run_stops_it_with_one_line_and_the_rerun_resumes(so
     _same_split(out, source["local"])
 
 
-def _kill_a_busy_worker(client: Client, out: Path, killed: list[str]) -> None:
-    """Once a shard is done, SIGKILL a worker process that has shard tasks (not its nanny, which
-    starts a new one); its address goes into ``killed``."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not list(out.glob("*.done.json")):
-        time.sleep(0.01)
-    while time.monotonic() < deadline:
-        busy = [worker for worker, keys in client.processing().items() if keys]
-        if busy:
-            os.kill(client.run(os.getpid, workers=busy[:1])[busy[0]], signal.SIGKILL)
-            killed.append(busy[0])
-            return
-        time.sleep(0.01)
+def _process_state(pid: int) -> str:
+    """R, S, T (stopped), ... from /proc (the field after the parenthesised command name)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _signal_and_wait(pid: int, sig: int, stopped: bool) -> None:
+    """Send ``sig`` and return once the process is stopped (or running again), as /proc says:
+    a signal is delivered after kill() returns."""
+    os.kill(pid, sig)
+    deadline = time.monotonic() + 30
+    while (_process_state(pid) in "Tt") != stopped:
+        assert time.monotonic() < deadline, f"process {pid} not {'stopped' if stopped else 'running'}"
+        time.sleep(0.001)
+
+
+@dataclass
+class MidShardKill:
+    """SIGKILLs a dask worker process while it converts a shard, without depending on timing.
+
+    On entry the second worker is frozen (SIGSTOP): it holds tasks the scheduler gave it, so the
+    run cannot end before the kill. A thread watches ``out``; once ``after_done`` shards are done
+    and a shard's spool file (written from the shard's start until just before its done marker)
+    is there, it freezes the first worker and looks again: a spool still there without its marker
+    belongs to a shard that worker is converting and can no longer finish, so it is killed then,
+    and the second worker goes on. ``shard`` and ``worker`` say what was killed. On exit the
+    second worker is always running again.
+    """
+
+    out: Path
+    workers: dict[str, int]
+    after_done: int
+    shard: int | None = None
+    worker: str | None = None
+    _thread: threading.Thread | None = field(default=None, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __enter__(self) -> "MidShardKill":
+        (self._victim, victim_pid), (_, frozen_pid) = self.workers.items()
+        self._victim_pid, self._frozen_pid = victim_pid, frozen_pid
+        _signal_and_wait(frozen_pid, signal.SIGSTOP, stopped=True)
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._resume_frozen()
+
+    def _resume_frozen(self) -> None:
+        if _process_state(self._frozen_pid) in "Tt":
+            _signal_and_wait(self._frozen_pid, signal.SIGCONT, stopped=False)
+
+    def _converting(self) -> list[ShardFiles]:
+        if len(list(self.out.glob("*.done.json"))) < self.after_done:
+            return []
+        shards = [ShardFiles.of(self.out, shard_index(p.with_suffix(RECORD_SUFFIX)))
+                  for p in self.out.glob("*.spool")]
+        return [files for files in shards if files.spool.exists() and not files.done.exists()]
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + 300
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if self._converting():
+                _signal_and_wait(self._victim_pid, signal.SIGSTOP, stopped=True)
+                frozen_mid_shard = self._converting()
+                if frozen_mid_shard:
+                    os.kill(self._victim_pid, signal.SIGKILL)
+                    self.shard = shard_index(frozen_mid_shard[0].record)
+                    self.worker = self._victim
+                    self._resume_frozen()
+                    return
+                _signal_and_wait(self._victim_pid, signal.SIGCONT, stopped=False)
+            self._stop.wait(0.002)
+        self._resume_frozen()      # never caught: let the run end (the test then fails)
 
 
 def test_cluster_arguments_fail_with_one_line_before_touching_disk(source, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cluster, "CONNECT_SECONDS", 1)
     out = tmp_path / "out"
-    with socket.socket() as s:             # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    address = f"tcp://127.0.0.1:{free_port()}"   # nothing listens on it
     code = run_cli(convert.build_parser(), convert.main, source["args"](out) + ["--scheduler", address])
     assert (code, capsys.readouterr().err) == (
         2, f"error: cannot reach the dask scheduler at '{address}' within 1 s: check --scheduler / "

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 import subprocess
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
 from obs import ObsClient
@@ -19,7 +20,7 @@ from obs import ObsClient
 from datatools import obs, sync
 from datatools.cli import run_cli
 from datatools.manifest import MANIFEST_NAME, ShardFiles, shard_index
-from tests.conftest import KEY_ID, SECRET
+from tests.conftest import KEY_ID, SECRET, TOKEN, free_port
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -189,13 +190,16 @@ def test_download_never_leaves_a_partial_file_under_the_final_name(bucket, tmp_p
 
 
 class _Refusing(BaseHTTPRequestHandler):
-    """Answers every request 403 with ``server.code``, as OBS does for wrong credentials. moto
-    checks only SigV4 with X-Amz-Date, and the SDK signs v2/OBS (v4 with Date), so moto itself
-    never refuses a credential."""
+    """Answers every request 403 with ``server.code``, as OBS does for wrong credentials, in a
+    message that quotes the request's headers (the credentials among them), as a server's message
+    may. moto checks only SigV4 with X-Amz-Date, and the SDK signs v2/OBS (v4 with Date), so moto
+    itself never refuses a credential."""
 
     def _refuse(self, body: bool) -> None:
+        quoted = " ".join(f"{k}={v}" for k, v in self.headers.items())
         xml = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{self.server.code}</Code>"
-               f"<Message>refused for {KEY_ID}</Message><AccessKeyId>{KEY_ID}</AccessKeyId></Error>").encode()
+               f"<Message>refused for {KEY_ID}: {quoted}</Message><AccessKeyId>{KEY_ID}</AccessKeyId>"
+               f"</Error>").encode()
         self.send_response(403)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(xml)))
@@ -213,21 +217,62 @@ class _Refusing(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("code,hint", [("SignatureDoesNotMatch", "check OBS_SECRET_ACCESS_KEY"),
-                                       ("InvalidAccessKeyId", "check OBS_ACCESS_KEY_ID")])
-def test_wrong_credentials_are_one_line_without_the_key(env, monkeypatch, tmp_path, capsys, code, hint):
+@contextmanager
+def _refusing(code: str) -> Iterator[str]:
+    """A server refusing everything with ``code`` (``_Refusing``); yields its endpoint."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
     server.code = code
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    monkeypatch.setenv("OBS_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
     try:
-        status, out, err = _cli(["obs://records/k400", str(tmp_path / "k400")], capsys)
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("code,hint", [("SignatureDoesNotMatch", "check OBS_SECRET_ACCESS_KEY"),
+                                       ("InvalidAccessKeyId", "check OBS_ACCESS_KEY_ID"),
+                                       ("InvalidToken", "check OBS_SECURITY_TOKEN"),
+                                       ("ExpiredToken", "renew OBS_SECURITY_TOKEN")])
+def test_wrong_credentials_are_one_line_without_the_key(env, monkeypatch, tmp_path, capsys, code, hint):
+    monkeypatch.setenv("OBS_SECURITY_TOKEN", TOKEN)
+    with _refusing(code) as refusing:
+        monkeypatch.setenv("OBS_ENDPOINT", refusing)
+        status, out, err = _cli(["obs://records/k400", str(tmp_path / "k400")], capsys)
     assert status == 1 and err.count("\n") == 1
     assert err.startswith(f"error: list obs://records/k400/: HTTP 403 {code}: ") and hint in err
-    assert SECRET not in out + err and KEY_ID not in out + err
+    assert SECRET not in out + err and KEY_ID not in out + err and TOKEN not in out + err
+
+
+def test_the_security_token_is_never_printed_logged_or_written(tiny_records, bucket, monkeypatch, tmp_path,
+                                                                capsys, caplog):
+    """Temporary credentials (OBS_SECURITY_TOKEN): a push and a pull with their progress lines, a
+    refusal whose message quotes the request, retries at an unreachable endpoint; no output, log
+    record or written file holds the token (nor the key or the secret)."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("OBS_SECURITY_TOKEN", TOKEN)
+    monkeypatch.setattr(sync, "PROGRESS_SECONDS", 0.0)           # a progress line per file
+    split, url, pulled = tiny_records.split("val"), f"obs://{bucket}/val", tmp_path / "val"
+    printed = []
+    for argv in ([str(split), url], [url, str(pulled)]):
+        status, out, err = _cli(argv, capsys)
+        assert status == 0, err
+        printed += [out, err]
+    assert _tree(pulled) == _tree(split)
+    with _refusing("ExpiredToken") as refusing:
+        status, out, err = _cli([str(split), url, "--endpoint", refusing], capsys)
+    assert status == 1 and "renew OBS_SECURITY_TOKEN" in err
+    printed += [out, err]
+    status, out, err = _cli([url, str(pulled), "--endpoint", f"http://127.0.0.1:{free_port()}"], capsys)
+    assert status == 1 and "(after 4 attempts)" in err
+    printed += [out, err]
+    logged = [caplog.text] + [str(r.args) for r in caplog.records]
+    assert "retrying" in caplog.text and "files, " in caplog.text    # the retry and progress lines ran
+    written = [p.read_bytes().decode(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
+    for name, value in (("token", TOKEN), ("key", KEY_ID), ("secret", SECRET)):
+        assert not [text for text in printed + logged + written if value in text], f"the {name} leaked"
 
 
 def test_missing_bucket_is_one_line(tiny_records, env, capsys):
@@ -238,15 +283,38 @@ def test_missing_bucket_is_one_line(tiny_records, env, capsys):
 
 
 def test_unreachable_endpoint_is_one_line_after_retries(tiny_records, env, monkeypatch, capsys):
-    with socket.socket() as s:                      # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()                              # nothing listens on it
     status, _, err = _cli([str(tiny_records.split("val")), "obs://records/val",
                            "--endpoint", f"http://127.0.0.1:{port}"], capsys)
     assert status == 1 and err.count("\n") == 1
     assert err.startswith(f"error: list obs://records/val/: cannot reach http://127.0.0.1:{port}: "
                           f"ConnectionRefusedError")
     assert err.rstrip().endswith(f"(after {obs.ATTEMPTS} attempts)") and SECRET not in err
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through read() and the like, as Linux counts them."""
+    io = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(io["rchar"])
+
+
+def test_a_file_over_the_single_put_limit_is_refused_before_anything_is_sent(bucket, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: big\n")
+    big = run / "checkpoints" / "epoch-0001.ckpt"
+    with big.open("wb") as f:
+        f.truncate(obs.MAX_PUT + 1)                 # sparse: no byte of it is on disk
+    url, read = f"obs://{bucket}/runs/big", _bytes_read()
+    refusal = (f"upload {url}/checkpoints/epoch-0001.ckpt: {big} has {obs.MAX_PUT + 1} bytes, more than "
+               f"one PUT takes ({obs.MAX_PUT}); split it")
+    status, _, err = _cli([str(run), url], capsys)
+    assert (status, err) == (1, f"error: {refusal}\n")
+    assert _remote(bucket, "runs/big") == set()     # not even config.yaml
+    with pytest.raises(obs.ObsError) as refused:
+        obs.Bucket(bucket).upload(big, "runs/big/checkpoints/epoch-0001.ckpt")
+    assert str(refused.value) == refusal
+    assert _bytes_read() - read < obs.MAX_PUT // 100, "the file was read before it was refused"
 
 
 @pytest.mark.parametrize("src,dst,message", [
