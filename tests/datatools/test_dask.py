@@ -31,7 +31,6 @@ from datatools.manifest import (LOCK_NAME, RECORD_SUFFIX, ShardFiles, read_diges
 from datatools.synth import SynthSpec, make_dataset
 from tests.conftest import KEY_ID, SECRET, free_port
 
-REPO = Path(__file__).resolve().parents[2]
 DASK = Path(sys.executable).parent / "dask"
 # 3 classes x 4 videos of 16 frames at 160x120 (kept: an even width encodes repeatably), two per
 # shard: 6 shards, so tasks are left to kill once the first is done.
@@ -61,17 +60,19 @@ def source(tmp_path_factory) -> dict:
 def dask_cluster(tmp_path_factory) -> Client:
     """`dask scheduler` and two `dask worker`s (one process, one thread each, under a nanny that
     starts a new process when one is killed) on 127.0.0.1, in dask's default configuration; a
-    client to it. Workers import this checkout and hold fake OBS credentials. Every process is
-    stopped at the end, whatever happened."""
+    client to it. As README's workers on other machines, they run outside the checkout with no
+    PYTHONPATH and import the project installed in the venv; they hold fake OBS credentials. Every
+    process is stopped at the end, whatever happened."""
     logs = tmp_path_factory.mktemp("dask_cluster")
-    env = {k: v for k, v in os.environ.items() if k != cluster.ENV_SCHEDULER and not k.startswith("DASK_")}
-    env.update(PYTHONPATH=str(REPO), OBS_ACCESS_KEY_ID=KEY_ID, OBS_SECRET_ACCESS_KEY=SECRET)
+    env = {k: v for k, v in os.environ.items()
+           if k not in (cluster.ENV_SCHEDULER, "PYTHONPATH") and not k.startswith("DASK_")}
+    env.update(OBS_ACCESS_KEY_ID=KEY_ID, OBS_SECRET_ACCESS_KEY=SECRET)
     address_file = logs / "scheduler.json"
     procs: list[subprocess.Popen] = []
 
     def start(name: str, *args: str) -> None:
         with open(logs / f"{name}.log", "w") as log:
-            procs.append(subprocess.Popen([str(DASK), *args], env=env, stdout=log,
+            procs.append(subprocess.Popen([str(DASK), *args], env=env, cwd=logs, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True))
 
     try:
