@@ -105,12 +105,12 @@ class Predictor:
         """Top classes of the video at ``path`` (and of each ``window``-second window);
         VideoError with the reason for a video that cannot be predicted."""
         s = self.settings
-        encoded = encode_video(path, s.short_side, s.quality, s.max_fps, chroma=s.chroma_subsampling)
-        count = len(encoded.jpegs)
+        encoded = encode_video(path, s)
+        count = len(encoded.frames)
         if count < self.clip_frames:
             raise VideoError(f"{count} frames, shorter than one clip ({self.cfg.test.segments} segments "
                              f"x {self.cfg.data.frames_per_segment} frames = {self.clip_frames})")
-        blob, offsets = pack_frames(encoded.jpegs)
+        blob, offsets = pack_frames(encoded.frames)
         video_id = Path(path).stem
         decoder = build_decoder(self.cfg, s.short_side, self.cfg.test.crop, False,
                                 {video_id: (encoded.src_height, encoded.src_width)}, path)
