@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from dataclasses import replace
 
 import av
@@ -188,3 +189,27 @@ def test_codec_options_are_checked_with_one_line(tiny_set, tmp_path, flags, mess
     with pytest.raises(ValueError, match="^" + message.replace("|", r"\|")):
         main(args)
     assert not (tmp_path / "out").exists()
+
+
+def test_records_of_the_previous_schema_still_read(tmp_path):
+    """Schema v3 adds the codec to the settings; a v2 split is JPEG as before and still reads."""
+    import pyarrow.parquet as pq
+
+    from datatools.manifest import (META_SCHEMA_VERSION, META_SETTINGS, read_manifest, read_settings,
+                                    write_manifest)
+    from datatools.schema import SchemaVersionError
+
+    path = write_manifest([], tmp_path, Settings(256, 90, None, 64, 0), {})
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    settings = json.loads(meta[META_SETTINGS])
+    for field in ("codec", "crf", "gop", "preset", "fastdecode"):     # as v2 wrote them: without
+        del settings[field]
+    for version, readable in ((b"2", True), (b"1", False)):
+        meta.update({META_SCHEMA_VERSION: version, META_SETTINGS: json.dumps(settings).encode()})
+        pq.write_table(table.replace_schema_metadata(meta), path)
+        if readable:
+            assert read_settings(read_manifest(tmp_path)).codec == "jpeg"
+        else:
+            with pytest.raises(SchemaVersionError, match="records schema v1, this code reads v2 or v3"):
+                read_manifest(tmp_path)

@@ -138,3 +138,22 @@ def test_a_stream_that_does_not_decode_is_a_bad_sample(two_codecs):
                        f"processing input): metrics are not computed on altered data; run "
                        f"datatools.inspect records/x/h264")
     assert eval_op(*row)[-1] == "" and train_op(*row)[-1] == ""     # the intact row reads
+
+
+def test_a_window_reads_from_the_whole_stream(two_codecs):
+    """trainer.predict's windows: frames first..first+count-1 of the whole blob. For JPEG that is
+    the earlier cut blob's views bit for bit; for h264 (a window starting mid-GOP, which a cut
+    blob could not decode) the JPEG window's views up to the codecs' loss."""
+    cfg = _cfg(two_codecs.root, "test.crops=3")
+    first, count = 9, 14
+    got = {}
+    for codec in (JPEG, H264):
+        op = eval_clips(cfg, clip_decoder(cfg, codec, 64), two_codecs.root / codec)
+        blob, offsets = [sorted(_rows(two_codecs.root, codec).items())[0][1][i] for i in (0, 1)]
+        blob = memoryview(np.asarray(blob).tobytes())
+        got[codec] = op.views(blob, offsets, count, "", first)
+        if codec == JPEG:
+            part = offsets[first:first + count + 1]
+            cut = op.views(blob[part[0]:part[-1]], part - part[0], count)
+            np.testing.assert_array_equal(got[codec], cut)
+    assert _psnr(got[JPEG], got[H264]) > MIN_PSNR
