@@ -3,7 +3,7 @@
     python -m trainer.predict --config configs/demo.yaml --ckpt runs/demo/best.ckpt a.mp4 b.mp4
     python -m trainer.predict --config X --ckpt C long.mp4 --window 10 --out predictions.jsonl
 
-A video is decoded, resized and JPEG-encoded by the converter's own path
+A video is decoded, resized and encoded (JPEG or h264) by the converter's own path
 (``datatools.video.encode_video``) at the settings stored with the records the model was trained
 on (``data.root``'s split manifest), then cut into views by the evaluation's pipeline
 (``trainer.data.EvalClips``: K clips × C crops of ``test.*``) and scored by ``trainer.scoring``:
