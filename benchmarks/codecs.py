@@ -17,12 +17,19 @@ the converter does), a row per stored form: JPEG q90 from the planes (the conver
   ``trainer.data.TrainClips`` with its checksum, sampling and crop/flip), the forms interleaved
   over ``--repeats`` and the median taken, and its ratio to JPEG's.
 
+A last row is the peer users pick instead: the same resized frames as a 256p mp4 (libx264 at its
+default rate factor and preset, a keyframe every 16 frames, as MMAction2's resized-video recipe),
+read the way MMAction2's PyAV decoder reads in its efficient mode: open the file, and for each
+segment seek to its first frame and decode forward through its last, converting whole frames to
+RGB, then crop and flip.
+
 Everything runs in this process on one thread; pin it to a core (``taskset -c 1``) on a loaded
 machine. The h264 loader decodes each segment's run from its keyframe: ~(gop−1)/2 + N frames.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import time
@@ -104,27 +111,92 @@ def measure(path: Path, repeats: int, clips: int) -> list[tuple]:
             np.mean([_psnr(pic.to_ndarray(format="yuv420p")[:size[1]], p[0]) for pic, p in zip(pictures, planes)]),
             np.mean([_psnr(i420_rgb(pic), r) for pic, r in zip(pictures, reference)]),
             seconds / len(frames))
-    loader = _loader_cpu(forms, repeats, clips)
+    sampler = ClipSampler(SEGMENTS, FRAMES)
+    readers = {name: _record_reader(codec, data, sampler) for name, (codec, data, *_) in forms.items()}
+    mp4 = _peer_mp4(planes, size)
+    readers[PEER] = _peer_reader(mp4, len(frames), sampler)
+    loader = _loader_cpu(readers, repeats, clips)
     jpeg_bytes = sum(map(len, forms[f"jpeg q{QUALITY} (planes)"][1]))
     jpeg_clip = loader[f"jpeg q{QUALITY} (planes)"]
-    return [(name, sum(map(len, data)) / len(data) / 1e3, jpeg_bytes / sum(map(len, data)), psnr_y, psnr_rgb,
+    rows = [(name, sum(map(len, data)) / len(data) / 1e3, jpeg_bytes / sum(map(len, data)), psnr_y, psnr_rgb,
              encode * 1e3, loader[name], loader[name] / jpeg_clip)
             for name, (_, data, psnr_y, psnr_rgb, encode) in forms.items()]
+    return rows + [(PEER, len(mp4) / len(frames) / 1e3, jpeg_bytes / len(mp4), float("nan"), float("nan"),
+                    float("nan"), loader[PEER], loader[PEER] / jpeg_clip)]
 
 
-def _loader_cpu(forms: dict, repeats: int, clips: int) -> dict[str, float]:
-    """Median CPU ms per training clip of each form, the forms interleaved in every repeat."""
-    sampler = ClipSampler(SEGMENTS, FRAMES)
-    ops, rows = {}, {}
-    for name, (codec, data, *_) in forms.items():
-        blob, offsets = pack_frames(data)
-        rows[name] = (np.frombuffer(blob, "S1"), offsets, np.int32(len(data)), np.int32(0), np.array("v"),
-                      np.int64(sample_checksum("v", 0, offsets, blob)))
-        ops[name] = ClipDecoder(SHORT_SIDE, CROP, codec=codec)
-    times: dict[str, list[float]] = {name: [] for name in forms}
+PEER = "peer: 256p mp4, seek/segment"
+
+
+def _record_reader(codec: str, data: list[bytes], sampler: ClipSampler):
+    """epoch -> one training clip from a stored sample of ``data``, as the loader's map op makes it."""
+    blob, offsets = pack_frames(data)
+    row = (np.frombuffer(blob, "S1"), offsets, np.int32(len(data)), np.int32(0), np.array("v"),
+           np.int64(sample_checksum("v", 0, offsets, blob)))
+    decoder = ClipDecoder(SHORT_SIDE, CROP, codec=codec)
+    return lambda epoch: TrainClips(sampler, decoder, 0, epoch)(*row)
+
+
+def _peer_mp4(planes: list[tuple], size: tuple[int, int]) -> bytes:
+    """The resized frames as MMAction2's resized videos store them: libx264 defaults, GOP 16."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        stream.options = {"g": "16", "threads": "1"}
+        for index, (y, u, v) in enumerate(planes):
+            frame = av.VideoFrame(*size, "yuv420p")
+            for plane, data in zip(frame.planes, (y, u, v)):
+                np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:, :data.shape[1]] = data
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def _peer_reader(mp4: bytes, count: int, sampler: ClipSampler):
+    """epoch -> one training clip read from the mp4 as MMAction2's PyAV decoder does: open, then
+    per segment seek to its first frame and decode forward, whole frames to RGB, crop, flip."""
+    def clip(epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([0, epoch])
+        indices = sampler.train_indices(count, rng)
+        with av.open(io.BytesIO(mp4)) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            rate = float(stream.average_rate)
+            pictures = {}
+            for run in indices:
+                wanted = set(run.tolist())
+                container.seek(int(run[0] / rate / stream.time_base), stream=stream, backward=True)
+                for frame in container.decode(stream):
+                    index = round(frame.time * rate)
+                    if index in wanted:
+                        pictures[index] = _short_side(frame.to_ndarray(format="rgb24"))
+                    if index >= run.max():
+                        break
+        height, width = pictures[int(indices.flat[0])].shape[:2]
+        top, left = int(rng.integers(0, height - CROP + 1)), int(rng.integers(0, width - CROP + 1))
+        flip = bool(rng.random() < 0.5)
+        crops = [pictures[i][top:top + CROP, left:left + CROP] for i in indices.ravel().tolist()]
+        return np.stack([c[:, ::-1] if flip else c for c in crops])
+    return clip
+
+
+def _short_side(image: np.ndarray) -> np.ndarray:
+    """A frame scaled to short side SHORT_SIDE as the loader scales one (sources below it)."""
+    height, width = image.shape[:2]
+    if min(height, width) == SHORT_SIDE:
+        return image
+    scale = SHORT_SIDE / min(height, width)
+    return cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
+
+
+def _loader_cpu(readers: dict, repeats: int, clips: int) -> dict[str, float]:
+    """Median CPU ms per training clip of each reader, interleaved in every repeat."""
+    times: dict[str, list[float]] = {name: [] for name in readers}
     for repeat in range(repeats + 1):           # the first pass warms up
-        for name, row in rows.items():
-            seconds, _ = _cpu(lambda: [TrainClips(sampler, ops[name], 0, epoch)(*row) for epoch in range(clips)])
+        for name, read in readers.items():
+            seconds, _ = _cpu(lambda: [read(epoch) for epoch in range(clips)])
             if repeat:
                 times[name].append(seconds / clips * 1e3)
     return {name: statistics.median(t) for name, t in times.items()}
