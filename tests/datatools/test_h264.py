@@ -213,3 +213,25 @@ def test_records_of_the_previous_schema_still_read(tmp_path):
         else:
             with pytest.raises(SchemaVersionError, match="records schema v1, this code reads v2 or v3"):
                 read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("rotation, turn, pix_fmt", [
+    (-90, lambda u: np.rot90(u, 1, axes=(1, 2)), "yuv420p"),    # planes turned
+    (180, lambda u: u[:, ::-1, ::-1], "yuv420p"),
+    (-90, lambda u: np.rot90(u, 1, axes=(1, 2)), "yuv444p"),    # swscale to 4:2:0 planes first
+])
+def test_h264_frames_are_stored_upright(tmp_path, rotation, turn, pix_fmt):
+    """As for JPEG (test_video.py): the display matrix's turn is applied to each plane."""
+    from tests.datatools import bad_videos
+    from tests.datatools.test_video import _marked
+
+    stored = np.ascontiguousarray(turn(_marked(64, 48)))
+    path = bad_videos.clip(tmp_path / "v.mp4", stored, rotation=rotation, pix_fmt=pix_fmt)
+    result = encode_video(path, replace(H264_SETTINGS, short_side=24))
+    assert (result.src_width, result.src_height, result.width, result.height) == (64, 48, 32, 24)
+    blob, offsets = pack_frames(result.frames)
+    _, size, picture = next(stored_frames(H264).decode(blob, offsets, [0]))
+    assert size == (24, 32)
+    grey = picture.mean(axis=2)
+    corners = [grey[:6, :8], grey[:6, -8:], grey[-6:, :8], grey[-6:, -8:]]
+    assert corners[0].mean() > 150 and max(c.mean() for c in corners[1:]) < 80, [c.mean() for c in corners]
