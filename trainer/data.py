@@ -35,7 +35,7 @@ from PIL import Image
 from datatools.frames import FrameError, codec_of, stored_frames
 from datatools.manifest import JPEG, ok_shard_paths, read_manifest, read_settings, source_sizes
 from datatools.schema import (CHECKSUM, FRAMES, LABEL, LABELS_NAME, NUM_FRAMES, OFFSETS, VIDEO_ID,
-                              frame_bytes, read_labels, sample_checksum)
+                              read_labels, sample_checksum)
 from trainer.config import RESIZE_MODES, TEST_CROPS, Config, ConfigError
 from trainer.heap import keep_large_buffers
 

@@ -13,10 +13,10 @@ from datatools.convert import convert
 from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
 from datatools.manifest import H264, JPEG, Settings, ok_shard_paths
-from datatools.schema import FRAMES, LABELS_NAME, OFFSETS, pack_frames, sample_checksum
+from datatools.schema import LABELS_NAME, pack_frames, sample_checksum
 from datatools.synth import SynthSpec, make_dataset
 from trainer.config import load_config
-from trainer.data import (CLIP, IGNORE_LABEL, LABEL, PROBLEM, ClipSampler, TrainClips, _READ_COLUMNS,
+from trainer.data import (CLIP, IGNORE_LABEL, PROBLEM, ClipSampler, TrainClips, _READ_COLUMNS,
                           clip_decoder, create_dataset, eval_clips)
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
