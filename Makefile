@@ -15,6 +15,8 @@ VIDEOS ?=
 SPLIT ?= train
 OUT ?= records/kinetics400
 WORKERS ?= 2
+# How real records store frames: jpeg (default) or h264 (datatools.convert --codec; README).
+CODEC ?= jpeg
 
 # msrun: workers on this node (8 Ascend devices, or 8 CPU processes for the demo); multi-node runs add
 # NNODES / NODE_RANK / MASTER_ADDR (see README).
@@ -86,7 +88,7 @@ else
 	@# The label file comes from the first split converted (train); later splits reuse it.
 	test -f $(OUT)/labels.txt || $(PY) -m datatools.labels $(CSV) $(OUT)/labels.txt
 	$(PY) -m datatools.convert --csv $(CSV) --videos $(VIDEOS) --labels $(OUT)/labels.txt \
-		--out $(OUT)/$(SPLIT) --workers $(WORKERS)
+		--out $(OUT)/$(SPLIT) --workers $(WORKERS) --codec $(CODEC)
 	$(PY) -m datatools.inspect $(OUT)/$(SPLIT)
 endif
 

@@ -131,7 +131,7 @@ def run_ours(listing: Path, labels: Path, root: Path, work: Path, settings: Sett
 
 def run_limit(videos: list[Path], settings: Settings) -> tuple[int, None]:
     """(JPEG bytes, no file) of decoding and encoding in memory."""
-    return sum(sum(map(len, encode_video(v, settings.short_side, settings.quality).jpegs))
+    return sum(sum(map(len, encode_video(v, settings).frames))
                for v in videos), None
 
 

@@ -35,9 +35,10 @@ from datatools.cli import non_negative_int, positive_int, run_cli
 from datatools.cluster import BACKENDS, DASK, ENV_SCHEDULER, Pool, open_pool
 from datatools.lists import LIST_FORMS, read_entries
 from datatools.lock import output_lock
-from datatools.manifest import (AUTO, CHROMA_420, CHROMA_SUBSAMPLINGS, MANIFEST_NAME, MAX_PAGE,
-                                MB, MIN_PAGE, PAGE_ALIGN, DoneMarker, FileDigest, ManifestRow, Settings,
-                                ShardFiles, page_size_of, write_manifest)
+from datatools.manifest import (AUTO, CHROMA_420, CHROMA_SUBSAMPLINGS, CODECS, H264, JPEG,
+                                MANIFEST_NAME, MAX_PAGE, MB, MIN_PAGE, PAGE_ALIGN, X264_PRESETS,
+                                DoneMarker, FileDigest, ManifestRow, Settings, ShardFiles,
+                                page_size_of, write_manifest)
 from datatools.pages import AUTO_PAGES, PageRange, disk_bytes
 from datatools.plan import PROBE_VIDEOS, ShardTask, plan_shards, settle_page
 from datatools.shards import Verdict, clear_shard, convert_shard, no_space_error, shard_verdict
@@ -48,6 +49,10 @@ __all__ = ["ConvertResult", "convert", "summary_lines", "main"]
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 5.0  # at most one progress line per this many seconds
+DEFAULT_QUALITY = 90
+H264_DEFAULTS = Settings(0, DEFAULT_QUALITY, None, 1, 0, codec=H264)     # the defaults of its fields
+JPEG_OPTIONS = {"quality": "--quality", "chroma": "--chroma"}
+H264_OPTIONS = {"crf": "--crf", "gop": "--gop", "preset": "--preset", "fastdecode": "--fastdecode"}
 
 
 @dataclass
@@ -241,7 +246,7 @@ def summary_lines(result: ConvertResult) -> list[str]:
     frames = sum(r.num_frames for r in ok)
     rate = result.videos_converted / result.seconds if result.seconds > 0 else 0.0
     lines += [
-        f"jpeg bytes {jpeg / 1e6:.2f} MB; on disk {result.real_bytes / 1e6:.2f} MB allocated, "
+        f"frame bytes {jpeg / 1e6:.2f} MB; on disk {result.real_bytes / 1e6:.2f} MB allocated, "
         f"{result.apparent_bytes / 1e6:.2f} MB apparent (sparse MindRecord pages)",
         f"bytes/video {jpeg / max(len(ok), 1):.0f}; bytes/frame {jpeg / max(frames, 1):.0f}; "
         f"frames/video {frames / max(len(ok), 1):.1f}",
@@ -264,11 +269,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder of the split")
     p.add_argument("--short-side", type=int, default=256,
                    help="resize the short side to this (never up); 0 keeps the source size")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
     p.add_argument("--max-fps", type=float, default=None, help="drop frames above this rate")
-    p.add_argument("--chroma", default=CHROMA_420, choices=CHROMA_SUBSAMPLINGS,
-                   help="JPEG chroma subsampling of the stored frames (default 420: half the "
-                        "bytes of 444)")
+    p.add_argument("--codec", default=JPEG,
+                   help=f"how frames are stored: {' or '.join(CODECS)} (default {JPEG}); h264 is "
+                        f"one closed-GOP stream per video, ~1/5 of the bytes (README: choosing a codec)")
+    p.add_argument("--quality", type=int, default=None,
+                   help=f"JPEG quality 1..100 (default {DEFAULT_QUALITY}); --codec {JPEG} only")
+    p.add_argument("--chroma", default=None, choices=CHROMA_SUBSAMPLINGS,
+                   help=f"JPEG chroma subsampling of the stored frames (default {CHROMA_420}: half "
+                        f"the bytes of 444); --codec {JPEG} only")
+    p.add_argument("--crf", type=int, default=None,
+                   help=f"x264 rate factor 0..51, lower is better and larger (default "
+                        f"{H264_DEFAULTS.crf}); --codec {H264} only")
+    p.add_argument("--gop", type=int, default=None,
+                   help=f"a keyframe every this many frames (default {H264_DEFAULTS.gop}): a clip "
+                        f"decodes from the keyframe before each segment; --codec {H264} only")
+    p.add_argument("--preset", default=None,
+                   help=f"x264 preset, {'|'.join(X264_PRESETS)} (default {H264_DEFAULTS.preset}): "
+                        f"converter CPU against bytes; --codec {H264} only")
+    p.add_argument("--fastdecode", default=None, action=argparse.BooleanOptionalAction,
+                   help=f"x264 tune=fastdecode (default {'on' if H264_DEFAULTS.fastdecode else 'off'}): "
+                        f"no CABAC or deblocking, faster reads for more bytes; --codec {H264} only")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="parallel shard tasks; with --backend dask and no --scheduler the processes "
                         "of a LocalCluster (a scheduler's cluster runs as many as it has threads)")
@@ -307,14 +328,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     backend, scheduler = _backend(args.backend, args.scheduler)
     upload = SplitPush.to(args.upload, args.endpoint) if args.upload else None
-    settings = Settings(short_side=args.short_side, quality=args.quality, max_fps=args.max_fps,
+    settings = Settings(short_side=args.short_side, max_fps=args.max_fps,
                         videos_per_shard=args.videos_per_shard, seed=args.seed,
-                        chroma_subsampling=args.chroma, page_size=page_size_of(args.page_mb))
+                        page_size=page_size_of(args.page_mb), **_codec_settings(args))
     result = convert(args.csv, args.videos, args.labels, args.out, settings, workers=args.workers,
                      backend=backend, decode_threads=args.decode_threads, video_list=args.list,
                      scheduler=scheduler, upload=upload)
     print("\n".join(summary_lines(result)))
     return 0
+
+
+def _codec_settings(args: argparse.Namespace) -> dict:
+    """The codec's Settings fields; an option of the other codec is refused, not ignored (it
+    would be stored without effect, and a resume with another value refused for nothing)."""
+    if args.codec not in CODECS:
+        raise ValueError(f"--codec must be one of {'|'.join(CODECS)}, got {args.codec!r}")
+    mine, other = (JPEG_OPTIONS, H264_OPTIONS) if args.codec == JPEG else (H264_OPTIONS, JPEG_OPTIONS)
+    stray = [flag for name, flag in other.items() if getattr(args, name) is not None]
+    if stray:
+        raise ValueError(f"{stray[0]} applies to --codec {H264 if args.codec == JPEG else JPEG}, "
+                         f"not --codec {args.codec}")
+    given = {name: getattr(args, name) for name in mine if getattr(args, name) is not None}
+    if "chroma" in given:
+        given["chroma_subsampling"] = given.pop("chroma")
+    return {"codec": args.codec, "quality": DEFAULT_QUALITY, **given}
 
 
 def _backend(backend: str | None, scheduler: str | None) -> tuple[str, str | None]:

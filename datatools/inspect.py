@@ -2,7 +2,7 @@
 
 Every stored video is read back and checked: its id and label against the manifest, its frames
 against its offsets, its checksum (``datatools.schema.sample_checksum``), and with ``--decode``
-every JPEG; each shard file's sha256 against the manifest's. Each shard is read in a child
+every frame (each JPEG, each h264 GOP on its own: ``datatools.frames``); each shard file's sha256 against the manifest's. Each shard is read in a child
 process, so a shard that kills MindRecord's reader is one finding, not the end of the run. Prints
 one line per bad video or shard and exits non-zero on any. ``--sheet out.png`` draws a contact
 sheet (a few frames of a few videos, one row per video) for a person to look at.
@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Collection
 
 import numpy as np
-import simplejpeg
 from mindspore.mindrecord import FileReader
 
 from datatools import schema
 from datatools.cli import positive_int, run_cli
+from datatools.frames import codec_of, stored_frames
 from datatools.manifest import (FileDigest, ManifestRow, ShardFiles, read_digests,
-                                read_manifest, read_rows, rows_of, shard_index)
+                                read_manifest, read_settings, rows_of, shard_index)
 from datatools.pages import disk_bytes
 from datatools.verify import ShardCheck, ShardJob, check_shards
 
@@ -59,12 +59,13 @@ def inspect_split(split_dir: str | Path, decode: bool = False, workers: int = 1)
     table = read_manifest(split_dir)
     expected = _tally(rows_of(table), report)
     digests = read_digests(table)
+    codec = codec_of(read_settings(table))
     if digests:
         report.checked.append("digests")
     if decode:
-        report.checked.append("every JPEG decodes")
+        report.checked.append(stored_frames(codec).checked)
     present = _present_shards(split_dir, expected, report)
-    jobs = [ShardJob(str(split_dir), shard, expected[shard], decode) for shard in present]
+    jobs = [ShardJob(str(split_dir), shard, expected[shard], decode, codec) for shard in present]
     for job, check in zip(jobs, check_shards(jobs, workers)):
         for line in _shard_problems(ShardFiles.of(split_dir, job.index), job.labels, check, digests):
             _problem(report, job.index, line)
@@ -167,7 +168,9 @@ def contact_sheet(split_dir: str | Path, out_png: str | Path, num_videos: int = 
 
     split_dir = Path(split_dir)
     names = _class_names(split_dir)
-    usable = [r for r in read_rows(split_dir) if str(ShardFiles.of(split_dir, r.shard).record) not in skip]
+    table = read_manifest(split_dir)
+    frames = stored_frames(codec_of(read_settings(table)))
+    usable = [r for r in rows_of(table) if str(ShardFiles.of(split_dir, r.shard).record) not in skip]
     picked = pick_videos(usable, num_videos)
     if not picked:
         raise ValueError(f"{split_dir}: no converted video to draw")
@@ -177,9 +180,11 @@ def contact_sheet(split_dir: str | Path, out_png: str | Path, num_videos: int = 
     for row, video in zip(axes, picked):
         item = items[video.video_id]
         offsets, count = item[schema.OFFSETS], int(item[schema.NUM_FRAMES])
-        for col, (ax, index) in enumerate(zip(row, np.linspace(0, count - 1, num_frames).round().astype(int))):
-            frame = simplejpeg.decode_jpeg(bytes(schema.frame_bytes(item[schema.FRAMES], offsets, index)))
-            ax.imshow(frame)
+        shown = np.linspace(0, count - 1, num_frames).round().astype(int).tolist()
+        pictures = {index: image.copy() for index, _, image
+                    in frames.decode(item[schema.FRAMES], offsets, sorted(set(shown)))}
+        for col, (ax, index) in enumerate(zip(row, shown)):
+            ax.imshow(pictures[index])
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"frame {index}", fontsize=7)
@@ -242,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m datatools.inspect", description=__doc__.split("\n")[0])
     p.add_argument("split", type=Path, help="converted split folder, e.g. records/demo/train")
     p.add_argument("--decode", action="store_true",
-                   help="also decode every JPEG (a full decode of the split: slow on a large one)")
+                   help="also decode every frame (a full decode of the split: slow on a large one)")
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="shards checked at once, each in its own process (default: one per CPU)")
     p.add_argument("--sheet", type=Path, default=None, help="write a contact sheet PNG here")

@@ -23,13 +23,14 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datatools.schema import SCHEMA_VERSION, SchemaVersionError
+from datatools.schema import READABLE_VERSIONS, SCHEMA_VERSION, SchemaVersionError
 
 __all__ = [
     "MANIFEST_NAME", "LOCK_NAME", "STATUS_OK", "STATUS_FAILED", "NO_SHARD", "Reason", "reason_kind",
     "ManifestRow", "MANIFEST_SCHEMA", "Settings", "ShardFiles", "FileDigest", "SourceStamp",
     "source_stamp", "DoneMarker", "shard_index", "write_manifest", "read_manifest", "rows_of", "read_rows",
     "read_settings", "read_digests", "ok_shard_paths", "source_sizes", "AUTO", "AUTO_PAGE", "page_size_of",
+    "JPEG", "H264", "CODECS", "X264_PRESETS",
 ]
 
 MANIFEST_NAME = "manifest.parquet"
@@ -53,6 +54,10 @@ AUTO_PAGE = -1                                  # page_size still to settle (no 
 LARGER_PAGE = "convert with a larger --page-mb"  # the fix named by every too-large reason
 CHROMA_420 = "420"
 CHROMA_SUBSAMPLINGS = (CHROMA_420, "422", "444")   # JPEG chroma subsampling of stored frames
+JPEG, H264 = "jpeg", "h264"
+CODECS = (JPEG, H264)        # how stored frames are encoded (datatools.frames reads both)
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                "veryslow")
 
 
 class Reason:
@@ -105,7 +110,7 @@ class ManifestRow:
     src_height: int = 0
     width: int = 0          # stored frame size
     height: int = 0
-    bytes: int = 0          # JPEG bytes stored for the video
+    bytes: int = 0          # frame bytes stored for the video (JPEGs or the h264 stream)
 
     @property
     def ok(self) -> bool:
@@ -145,6 +150,14 @@ class Settings:
     # fit in one page; pages hold several videos, so little is lost at page ends. AUTO_PAGE: the
     # converter chooses it (datatools.plan.settle_page); stored settings never hold AUTO_PAGE.
     page_size: int = DEFAULT_PAGE
+    # The stored codec (JPEG: quality and chroma apply; h264: the x264 settings below apply).
+    # Defaults chosen on real footage (docs/design.md §9); a manifest written before the codec
+    # was a setting reads as JPEG.
+    codec: str = JPEG
+    crf: int = 18               # x264 constant rate factor: lower is better and larger
+    gop: int = 8                # a keyframe (IDR with SPS/PPS) every gop frames: the random access cost
+    preset: str = "veryfast"    # x264 speed/size trade-off (converter CPU; bytes)
+    fastdecode: bool = True     # x264 tune=fastdecode: no CABAC and no deblocking, ~2x faster reads
 
     def check(self) -> None:
         """Refuse unusable settings with the command-line flag to change."""
@@ -157,6 +170,14 @@ class Settings:
         if self.chroma_subsampling not in CHROMA_SUBSAMPLINGS:
             raise ValueError(f"--chroma must be one of {'|'.join(CHROMA_SUBSAMPLINGS)}, "
                              f"got {self.chroma_subsampling!r}")
+        if self.codec not in CODECS:
+            raise ValueError(f"--codec must be one of {'|'.join(CODECS)}, got {self.codec!r}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"--crf must be in 0..51, got {self.crf}")
+        if self.gop < 1:
+            raise ValueError(f"--gop must be >= 1, got {self.gop}")
+        if self.preset not in X264_PRESETS:
+            raise ValueError(f"--preset must be one of {'|'.join(X264_PRESETS)}, got {self.preset!r}")
         if self.videos_per_shard < 1:
             raise ValueError(f"--videos-per-shard must be >= 1, got {self.videos_per_shard}")
         if self.page_size != AUTO_PAGE and (self.page_size % PAGE_ALIGN
@@ -318,9 +339,10 @@ def read_manifest(split_dir: str | Path) -> pa.Table:
         raise FileNotFoundError(f"no manifest at {path}: convert the split first (datatools.convert)")
     table = pq.read_table(path)
     found = (table.schema.metadata or {}).get(META_SCHEMA_VERSION, b"<none>").decode()
-    if found != str(SCHEMA_VERSION):
+    if found not in map(str, READABLE_VERSIONS):
         raise SchemaVersionError(
-            f"{path}: records schema v{found}, this code reads v{SCHEMA_VERSION}; reconvert the split")
+            f"{path}: records schema v{found}, this code reads "
+            f"{' or '.join(f'v{v}' for v in READABLE_VERSIONS)}; reconvert the split")
     return table
 
 

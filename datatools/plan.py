@@ -159,11 +159,10 @@ def _sample_size(task: ShardTask, video: VideoTask, max_bytes: int) -> int | Non
     """Bytes of ``video``'s sample encoded with the task's settings, None if it fails to encode."""
     s = task.settings
     try:
-        encoded = encode_video(video.source, s.short_side, s.quality, s.max_fps, task.decode_threads,
-                               max_bytes=max_bytes, chroma=s.chroma_subsampling)
+        encoded = encode_video(video.source, s, task.decode_threads, max_bytes=max_bytes)
     except VideoError:
         return None
-    return sample_bytes(len(encoded.jpegs), sum(map(len, encoded.jpegs)))
+    return sample_bytes(len(encoded.frames), sum(map(len, encoded.frames)))
 
 
 def _pre_failure(entry: Entry, label: int, first_seen: dict[str, str]) -> str:

@@ -1,8 +1,9 @@
 """The sample format shared by the converter (writer) and the trainer (reader), and the label file.
 
 One MindRecord sample holds one video. MindRecord stores numeric arrays but no list of bytes, so
-the JPEG frames of a video are concatenated into one blob and located by ``num_frames + 1`` byte
-offsets. Every sample field is named here and both sides import it, so they change together;
+the encoded frames of a video (JPEGs, or the packets of one h264 stream: the split's
+``Settings.codec``) are concatenated into one blob and located by ``num_frames + 1`` byte
+offsets: ``offsets[i]:offsets[i+1]`` is frame i. Every sample field is named here and both sides import it, so they change together;
 the manifest, the settings and the shard files are ``datatools.manifest``'s. Bump
 ``SCHEMA_VERSION`` on any incompatible change of either (docs/design.md §2).
 """
@@ -15,12 +16,14 @@ from typing import Sequence
 import numpy as np
 
 __all__ = [
-    "SCHEMA_VERSION", "VIDEO_ID", "LABEL", "NUM_FRAMES", "HEIGHT", "WIDTH", "FRAMES", "OFFSETS",
+    "SCHEMA_VERSION", "READABLE_VERSIONS", "VIDEO_ID", "LABEL", "NUM_FRAMES", "HEIGHT", "WIDTH", "FRAMES", "OFFSETS",
     "CHECKSUM", "RECORD_SCHEMA", "RECORD_COLUMNS", "LABELS_NAME", "SchemaVersionError",
     "pack_frames", "sample_checksum", "frame_bytes", "read_labels",
 ]
 
-SCHEMA_VERSION = 2      # 2: a checksum per sample
+SCHEMA_VERSION = 3      # 2: a checksum per sample; 3: the codec in the settings, h264 samples
+# Versions this code reads: a v2 split is JPEG, stored exactly as a v3 JPEG split.
+READABLE_VERSIONS = (2, 3)
 
 # MindRecord fields of one sample (one video).
 VIDEO_ID = "video_id"
@@ -51,11 +54,11 @@ class SchemaVersionError(ValueError):
     """Records written by an incompatible version of this schema."""
 
 
-def pack_frames(jpegs: Sequence[bytes]) -> tuple[bytes, np.ndarray]:
+def pack_frames(frames: Sequence[bytes]) -> tuple[bytes, np.ndarray]:
     """Concatenate encoded frames; offsets[i]:offsets[i+1] is frame i."""
-    offsets = np.zeros(len(jpegs) + 1, dtype=np.int64)
-    np.cumsum([len(j) for j in jpegs], out=offsets[1:])
-    return b"".join(jpegs), offsets
+    offsets = np.zeros(len(frames) + 1, dtype=np.int64)
+    np.cumsum([len(f) for f in frames], out=offsets[1:])
+    return b"".join(frames), offsets
 
 
 def sample_checksum(video_id: str, label: int, offsets: np.ndarray, blob: bytes | memoryview) -> int:

@@ -57,9 +57,9 @@ class Verdict(Enum):
 
 def _ok_row(task: VideoTask, shard: int, video: EncodedVideo) -> ManifestRow:
     return ManifestRow(task.video_id, task.label, task.label_name, task.source, shard,
-                       status=STATUS_OK, num_frames=len(video.jpegs), fps=video.fps,
+                       status=STATUS_OK, num_frames=len(video.frames), fps=video.fps,
                        src_width=video.src_width, src_height=video.src_height, width=video.width,
-                       height=video.height, bytes=sum(map(len, video.jpegs)))
+                       height=video.height, bytes=sum(map(len, video.frames)))
 
 
 def clear_shard(out_dir: str | Path, index: int) -> None:
@@ -173,22 +173,21 @@ def _convert(task: ShardTask, files: ShardFiles) -> ShardRows:
         for v in task.videos:
             stamp = source_stamp(v.source)          # before decoding: a later change is a change
             try:
-                video = encode_video(v.source, s.short_side, s.quality, s.max_fps, task.decode_threads,
-                                     max_bytes=s.page_size, chroma=s.chroma_subsampling)
+                video = encode_video(v.source, s, task.decode_threads, max_bytes=s.page_size)
             except VideoError as exc:
                 rows.append((v.order, v.row(task.index, str(exc))))
                 if rows[-1][1].retryable:
                     sources[v.video_id] = stamp
                 continue
-            blob, offsets = schema.pack_frames(video.jpegs)
-            size = sample_bytes(len(video.jpegs), len(blob))
+            blob, offsets = schema.pack_frames(video.frames)
+            size = sample_bytes(len(video.frames), len(blob))
             if size > s.page_size:
                 reason = Reason.text(Reason.TOO_LARGE, f"{size} bytes exceed the page size "
                                                        f"{s.page_size}; {LARGER_PAGE}")
                 rows.append((v.order, v.row(task.index, reason)))
                 continue
             spooled.append(({schema.VIDEO_ID: v.video_id, schema.LABEL: v.label,
-                             schema.NUM_FRAMES: len(video.jpegs), schema.HEIGHT: video.height,
+                             schema.NUM_FRAMES: len(video.frames), schema.HEIGHT: video.height,
                              schema.WIDTH: video.width, schema.OFFSETS: offsets,
                              schema.CHECKSUM: schema.sample_checksum(v.video_id, v.label, offsets, blob)},
                             spool.tell(), len(blob)))

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import simplejpeg
 import mindspore.dataset as ds
 
 from datatools import schema
-from datatools.manifest import FileDigest, ShardFiles
+from datatools.frames import stored_frames
+from datatools.manifest import JPEG, FileDigest, ShardFiles
 
 __all__ = ["ShardJob", "ShardCheck", "check_samples", "check_shard", "check_shards"]
 
@@ -33,12 +33,13 @@ START_METHOD = "forkserver"
 @dataclass(frozen=True)
 class ShardJob:
     """One shard to check: its files, the manifest's label per video id it should hold, and
-    whether to decode every JPEG (slow: a full decode of the split)."""
+    whether to decode every frame of ``codec`` (slow: a full decode of the split)."""
 
     split_dir: str
     index: int
     labels: dict[str, int]
     decode: bool = False
+    codec: str = JPEG
 
 
 @dataclass
@@ -51,8 +52,8 @@ class ShardCheck:
     unreadable: str = ""
 
 
-def check_samples(path: str | Path, labels: Mapping[str, int],
-                  decode: bool = False) -> tuple[list[str], list[str]]:
+def check_samples(path: str | Path, labels: Mapping[str, int], decode: bool = False,
+                  codec: str = JPEG) -> tuple[list[str], list[str]]:
     """(video ids, problems) of the shard at ``path``, one problem line per bad video.
 
     Read with MindDataset, as the trainer reads it: MindRecord's Python ``FileReader`` turns each
@@ -64,15 +65,16 @@ def check_samples(path: str | Path, labels: Mapping[str, int],
     for item in rows.create_dict_iterator(num_epochs=1, output_numpy=True):
         video_id = str(item[schema.VIDEO_ID])
         ids.append(video_id)
-        found = sample_problems(item, labels.get(video_id), decode)
+        found = sample_problems(item, labels.get(video_id), decode, codec)
         if found:
             problems.append(f"{video_id}: {'; '.join(found)}")
     return ids, problems
 
 
-def sample_problems(item: dict, label: int | None, decode: bool) -> list[str]:
+def sample_problems(item: dict, label: int | None, decode: bool, codec: str = JPEG) -> list[str]:
     """Everything wrong with one stored video: label against the manifest's (None: not listed),
-    frames against offsets, the checksum, and with ``decode`` each JPEG."""
+    frames against offsets, the checksum, and with ``decode`` every frame of ``codec`` (each
+    JPEG; each h264 GOP on its own: ``datatools.frames``)."""
     video_id, stored = str(item[schema.VIDEO_ID]), int(item[schema.LABEL])
     blob, offsets = np.frombuffer(item[schema.FRAMES], np.uint8), np.asarray(item[schema.OFFSETS])
     found = []
@@ -83,7 +85,8 @@ def sample_problems(item: dict, label: int | None, decode: bool) -> list[str]:
     if schema.sample_checksum(video_id, stored, offsets, blob) != int(item[schema.CHECKSUM]):
         found.append("checksum mismatch")
     if decode:
-        found += _jpeg_problems(blob, offsets, int(item[schema.HEIGHT]), int(item[schema.WIDTH]))
+        found += stored_frames(codec).problems(blob, offsets, int(item[schema.HEIGHT]),
+                                               int(item[schema.WIDTH]))
     return found
 
 
@@ -93,37 +96,12 @@ def _offsets_fit(offsets: np.ndarray, num_frames: int, blob_size: int) -> bool:
             and bool(np.all(np.diff(offsets) > 0)))
 
 
-def _jpeg_problems(blob: bytes, offsets: np.ndarray, height: int, width: int) -> list[str]:
-    """The first frame that does not decode and the first of another size, with counts."""
-    broken, resized = [], []
-    for i in range(len(offsets) - 1):
-        try:
-            shape = simplejpeg.decode_jpeg(bytes(schema.frame_bytes(blob, offsets, i))).shape
-        except ValueError:
-            broken.append(i)
-            continue
-        if shape[:2] != (height, width):
-            resized.append((i, shape))
-    found = []
-    if broken:
-        found.append(f"JPEG frame {broken[0]} does not decode" + _more(broken))
-    if resized:
-        i, shape = resized[0]
-        found.append(f"JPEG frame {i} is {shape[1]}x{shape[0]}, the sample says {width}x{height}"
-                     + _more(resized))
-    return found
-
-
-def _more(items: list) -> str:
-    return f" ({len(items)} frames in all)" if len(items) > 1 else ""
-
-
 def check_shard(job: ShardJob) -> ShardCheck:
     """Digest the shard's files and check its samples, in this process."""
     files = ShardFiles.of(job.split_dir, job.index)
     try:
         digests = {p.name: FileDigest.of(p) for p in (files.record, files.db) if p.is_file()}
-        ids, problems = check_samples(files.record, job.labels, job.decode)
+        ids, problems = check_samples(files.record, job.labels, job.decode, job.codec)
     except Exception as exc:   # in a checking child, any failure is a finding about the shard
         return ShardCheck(unreadable=_one_line(exc))
     return ShardCheck(ids, problems, digests)

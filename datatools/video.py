@@ -1,4 +1,5 @@
-"""One video -> upright, resized JPEG frames (PyAV threaded decode, cv2 resize, libjpeg-turbo encode).
+"""One video -> upright, resized, encoded frames (PyAV threaded decode, cv2 resize of the Y/U/V
+planes, then libjpeg-turbo JPEGs or a libx264 stream: ``Settings.codec``).
 
 Every way a source can be unusable ends in ``VideoError`` with a one-line reason whose text before
 the first ``:`` is a stable kind (``missing file``, ``empty file``, ``cannot open``, ``truncated``,
@@ -17,10 +18,12 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from datatools.manifest import CHROMA_420, LARGER_PAGE, Reason
+from datatools.h264 import H264Encoder
+from datatools.manifest import CHROMA_420, H264, LARGER_PAGE, Reason, Settings
 
 __all__ = ["VideoError", "EncodedVideo", "StreamInfo", "Orientation", "orientation", "stored_size",
-           "encodes_from_planes", "encode_frame", "iter_frames", "encode_video"]
+           "even_size", "encodes_from_planes", "frame_planes", "encode_frame", "iter_frames",
+           "encode_video"]
 
 # Decoded frames may fall this far short of the container's declared count (edit lists, a
 # dropped last frame) before the file counts as truncated.
@@ -44,9 +47,10 @@ class VideoError(Exception):
 
 @dataclass
 class EncodedVideo:
-    """JPEG frames plus the source frame rate and the source and stored frame sizes."""
+    """Encoded frames (JPEGs or h264 packets, one per frame) plus the source frame rate and the
+    source and stored frame sizes."""
 
-    jpegs: list[bytes]
+    frames: list[bytes]
     fps: float
     src_width: int
     src_height: int
@@ -119,6 +123,13 @@ def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), short_side
 
 
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The size h264 stores for a frame of ``stored_size`` (w, h): 4:2:0 needs even sides, so an
+    odd side is resized one pixel shorter (455x256 -> 454x256: the whole picture, its aspect
+    changed by 0.2%), never padded or cropped; height/width of a sample are this true size."""
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
 # JFIF stores full-range BT.601 YCbCr. A limited-range BT.601 4:2:0 frame (most SD h264; FFmpeg
 # also assumes BT.601 where a stream does not say) is encoded from its own planes: each plane
 # resized, the range expanded by lookup. That skips the YUV -> RGB -> YUV round trip: 2.5x faster
@@ -154,20 +165,29 @@ def _even_luma(plane: np.ndarray) -> np.ndarray:
     return np.pad(plane, ((0, height % 2), (0, width % 2)), mode="edge")[:height, :width]
 
 
+def frame_planes(frame: av.VideoFrame, size: tuple[int, int],
+                 turn: Orientation = UPRIGHT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Y, U, V planes (limited-range BT.601 4:2:0) of a decoded frame turned upright and
+    resized (area filter) to ``size`` = (w, h) of the turned picture, chroma ``ceil(size / 2)``.
+    Any other frame (BT.709, full range, another pixel format, an odd size) is first converted to
+    such planes by swscale, in one pass."""
+    if not encodes_from_planes(frame):
+        frame = frame.reformat(format=_PLANAR_FORMAT, dst_colorspace="ITU601", dst_color_range="MPEG")
+    chroma_size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+    planes = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:p.height, :p.width] for p in frame.planes]
+    return (_resize(turn.apply(planes[0]), size), _resize(turn.apply(planes[1]), chroma_size),
+            _resize(turn.apply(planes[2]), chroma_size))
+
+
 def encode_frame(frame: av.VideoFrame, size: tuple[int, int], quality: int,
                  turn: Orientation = UPRIGHT, chroma: str = CHROMA_420) -> bytes:
     """Turn a decoded frame upright, resize it (area filter) to ``size`` = (w, h) of the turned
     picture and encode it as JPEG with ``chroma`` subsampling (4:2:0 halves the bytes of 4:4:4,
     docs/design.md §8). A 4:2:0 source encoded at 4:2:0 skips the RGB round trip."""
     if chroma == CHROMA_420 and encodes_from_planes(frame):
-        width, height = frame.width, frame.height
-        planes = frame.to_ndarray(format=_PLANAR_FORMAT)
-        chroma = planes[height:].reshape(2, height // 2, width // 2)
-        chroma_size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
-        return simplejpeg.encode_jpeg_yuv_planes(
-            _even_luma(cv2.LUT(_resize(turn.apply(planes[:height]), size), _Y_LUT)),
-            cv2.LUT(_resize(turn.apply(chroma[0]), chroma_size), _C_LUT),
-            cv2.LUT(_resize(turn.apply(chroma[1]), chroma_size), _C_LUT), quality=quality)
+        y, u, v = frame_planes(frame, size, turn)
+        return simplejpeg.encode_jpeg_yuv_planes(_even_luma(cv2.LUT(y, _Y_LUT)), cv2.LUT(u, _C_LUT),
+                                                 cv2.LUT(v, _C_LUT), quality=quality)
     rgb = _resize(turn.apply(frame.to_ndarray(format="rgb24")), size)
     return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB",
                                   colorsubsampling=chroma)
@@ -233,33 +253,73 @@ def iter_frames(path: str | Path, max_fps: float | None = None,
             raise VideoError(Reason.text(Reason.TRUNCATED, f"decoded {span:.2f} s of {info.duration:.2f} s"))
 
 
-def encode_video(path: str | Path, short_side: int, quality: int, max_fps: float | None = None,
-                 threads: int = 0, max_bytes: int | None = None,
-                 chroma: str = CHROMA_420) -> EncodedVideo:
-    """Decode, turn upright, resize (never up) and JPEG-encode every kept frame of ``path``.
+class _Jpeg:
+    """Frames -> one JPEG each."""
+
+    def __init__(self, settings: Settings, size: tuple[int, int]) -> None:
+        self.settings, self.size = settings, size
+
+    def encode(self, frame: av.VideoFrame, turn: Orientation) -> list[bytes]:
+        return [encode_frame(frame, self.size, self.settings.quality, turn, self.settings.chroma_subsampling)]
+
+    def finish(self) -> list[bytes]:
+        return []
+
+
+class _H264:
+    """Frames -> one h264 stream, a packet per frame (datatools.h264)."""
+
+    def __init__(self, settings: Settings, size: tuple[int, int], fps: float) -> None:
+        s = settings
+        self.size = size
+        self.encoder = H264Encoder(*size, fps, s.crf, s.gop, s.preset, s.fastdecode)
+
+    def encode(self, frame: av.VideoFrame, turn: Orientation) -> list[bytes]:
+        return self.encoder.encode(*frame_planes(frame, self.size, turn))
+
+    def finish(self) -> list[bytes]:
+        return self.encoder.finish()
+
+
+def encode_video(path: str | Path, settings: Settings, threads: int = 0,
+                 max_bytes: int | None = None) -> EncodedVideo:
+    """Decode, turn upright, resize (never up) and encode every kept frame of ``path`` with the
+    ``settings`` of a split (short side, max fps, codec and its options).
 
     With ``max_bytes`` (the MindRecord page a video must fit in), a video that cannot fit is
-    refused without decoding it all: at the first frame when the estimate is clearly over, else
-    as soon as its frames exceed it.
+    refused without decoding it all: JPEG at the first frame when the estimate is clearly over,
+    both codecs as soon as their frames exceed it.
     """
-    jpegs: list[bytes] = []
-    total = 0
-    info, size, src, turn = StreamInfo(0.0, None), (0, 0), (0, 0), UPRIGHT
-    for info, frame in iter_frames(path, max_fps, threads):
-        if not jpegs:
+    s = settings
+    frames: list[bytes] = []
+    total = kept = 0
+    info, size, src, turn, encoder = StreamInfo(0.0, None), (0, 0), (0, 0), UPRIGHT, None
+    for info, frame in iter_frames(path, s.max_fps, threads):
+        if encoder is None:
             turn = orientation(frame)
             src = turn.size(frame.width, frame.height)
-            size = stored_size(*src, short_side)
-            estimate = _estimated_bytes(info, size, quality, max_fps)
-            if max_bytes is not None and estimate > EARLY_REFUSAL_MARGIN * max_bytes:
-                raise VideoError(Reason.text(Reason.TOO_LARGE, f"an estimated {estimate:.0f} bytes exceed "
-                                             f"the page size {max_bytes}; {LARGER_PAGE}"))
-        jpegs.append(encode_frame(frame, size, quality, turn, chroma))
-        total += len(jpegs[-1])
+            size = stored_size(*src, s.short_side)
+            if s.codec == H264:
+                size = even_size(*size)
+                encoder = _H264(s, size, min(info.fps, s.max_fps) if s.max_fps else info.fps)
+            else:
+                encoder = _Jpeg(s, size)
+                estimate = _estimated_bytes(info, size, s.quality, s.max_fps)
+                if max_bytes is not None and estimate > EARLY_REFUSAL_MARGIN * max_bytes:
+                    raise VideoError(Reason.text(Reason.TOO_LARGE, f"an estimated {estimate:.0f} bytes "
+                                                 f"exceed the page size {max_bytes}; {LARGER_PAGE}"))
+        kept += 1
+        for data in encoder.encode(frame, turn):
+            frames.append(data)
+            total += len(data)
         if max_bytes is not None and total > max_bytes:
-            raise VideoError(Reason.text(Reason.TOO_LARGE, f"{total} bytes after {len(jpegs)} frames "
+            raise VideoError(Reason.text(Reason.TOO_LARGE, f"{total} bytes after {len(frames)} frames "
                                          f"already exceed the page size {max_bytes}; {LARGER_PAGE}"))
-    return EncodedVideo(jpegs, info.fps, src[0], src[1], size[0], size[1])
+    if encoder is not None:
+        frames += encoder.finish()
+    if len(frames) != kept:
+        raise RuntimeError(f"{path}: {kept} frames encoded to {len(frames)} {s.codec} frames")
+    return EncodedVideo(frames, info.fps, src[0], src[1], size[0], size[1])
 
 
 def _declared_duration(stream: av.video.stream.VideoStream, container: av.container.InputContainer

@@ -1,6 +1,6 @@
 """The package layering of docs/design.md §1: benchmarks -> trainer -> datatools, and the trainer
-sees only datatools' on-disk contract (schema, manifest), its command-line plumbing (cli,
-progress), for trainer.predict the converter's decode path (video) and, for trainer.cloud, its
+sees only datatools' on-disk contract (schema, manifest, and frames: how stored frames decode),
+its command-line plumbing (cli, progress), for trainer.predict the converter's decode path (video) and, for trainer.cloud, its
 OBS transfers (obs, sync)."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINER_MAY_IMPORT = {"datatools.schema", "datatools.manifest", "datatools.cli", "datatools.progress",
+TRAINER_MAY_IMPORT = {"datatools.schema", "datatools.manifest", "datatools.frames", "datatools.cli",
+                      "datatools.progress",
                       "datatools.video", "datatools.obs", "datatools.sync"}
 
 

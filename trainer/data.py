@@ -1,7 +1,9 @@
-"""Clips for StNet from MindRecord shards: sampling, JPEG decode, crop/flip.
+"""Clips for StNet from MindRecord shards: sampling, decode, crop/flip.
 
-One record is one video (``datatools.schema``): its JPEG frames in one blob plus byte offsets,
-so a clip decodes only the T×N frames it uses, read from the record without a copy. A clip
+One record is one video (``datatools.schema``): its encoded frames in one blob plus byte offsets,
+so a clip decodes only the frames it uses, read from the record without a copy: T×N JPEGs, or
+for h264 each segment's run from its keyframe (``datatools.frames``, the codec from the split's
+stored settings, never from the config). A clip
 leaves the loader as uint8 pixels: normalization and the channel layout belong to the network
 (``trainer.precision.PixelInput``), on the device, where they cost nothing next to the
 convolutions, while on the host they took a third of a clip's CPU time (benchmarks/README.md).
@@ -22,19 +24,18 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import zlib
 from pathlib import Path
 
 import cv2
 import mindspore.dataset as ds
 import numpy as np
-import simplejpeg
 from PIL import Image
 
-from datatools.manifest import ok_shard_paths, read_manifest, read_settings, source_sizes
+from datatools.frames import FrameError, codec_of, stored_frames
+from datatools.manifest import JPEG, ok_shard_paths, read_manifest, read_settings, source_sizes
 from datatools.schema import (CHECKSUM, FRAMES, LABEL, LABELS_NAME, NUM_FRAMES, OFFSETS, VIDEO_ID,
-                              frame_bytes, read_labels, sample_checksum)
+                              read_labels, sample_checksum)
 from trainer.config import RESIZE_MODES, TEST_CROPS, Config, ConfigError
 from trainer.heap import keep_large_buffers
 
@@ -152,7 +153,7 @@ class ClipDecoder:
     """
 
     def __init__(self, short_side: int, crop: int, normalize: bool = False, *, resize: str = "keep",
-                 source_sizes: dict[str, tuple[int, int]] | None = None) -> None:
+                 source_sizes: dict[str, tuple[int, int]] | None = None, codec: str = JPEG) -> None:
         if crop < 1 or crop > short_side:
             raise ValueError(f"crop must be in 1..short_side={short_side}, got {crop!r}")
         if resize not in RESIZE_MODES:
@@ -163,7 +164,7 @@ class ClipDecoder:
         self.resize = resize
         self.source_sizes = source_sizes or {}
         self.dtype = np.float32 if normalize else np.uint8
-        self._local = threading.local()
+        self.frames = stored_frames(codec)
         # uint8 -> normalized float32 per channel as a lookup table: cv2.LUT writes each plane
         # straight into the output, ~10x faster than numpy's cast + HWC->CHW transpose.
         levels = np.arange(256, dtype=np.float32)[None] / 255.0
@@ -208,64 +209,59 @@ class ClipDecoder:
 
     def frame_size(self, blob: memoryview, offsets: np.ndarray, index: int,
                    video_id: str = "") -> tuple[int, int]:
-        """(height, width) frame ``index`` is cropped at, from its JPEG header alone (crop boxes
-        are drawn before any frame is decoded)."""
-        try:
-            height, width = simplejpeg.decode_jpeg_header(frame_bytes(blob, offsets, index))[:2]
-        except ValueError as exc:   # what simplejpeg raises for a corrupt JPEG
-            raise BadSample(f"frame {index} does not decode ({exc})") from None
-        return self.scaled_size(height, width, video_id)
+        """(height, width) frame ``index`` is cropped at, from its JPEG header or its h264 GOP's
+        SPS alone (crop boxes are drawn before any frame is decoded)."""
+        return self.scaled_size(*self._stored_size(blob, offsets, index), video_id)
 
-    def _frame(self, blob: memoryview, offsets: np.ndarray, index: int, video_id: str) -> np.ndarray:
-        """Frame ``index`` at its scaled size. A frame that needs no scaling is decoded into this
-        thread's reused buffer: only valid until the thread's next decode."""
-        data, fast = frame_bytes(blob, offsets, index), self.resize == "keep"
+    def _stored_size(self, blob: memoryview, offsets: np.ndarray, index: int) -> tuple[int, int]:
         try:
-            height, width = simplejpeg.decode_jpeg_header(data)[:2]
-            scaled = self.scaled_size(height, width, video_id)
-            buffer = self._buffer(height * width * 3) if scaled == (height, width) else None
-            image = simplejpeg.decode_jpeg(data, fastdct=fast, fastupsample=fast, buffer=buffer)
-        except ValueError as exc:
-            raise BadSample(f"frame {index} does not decode ({exc})") from None
-        return image if buffer is not None else self._scale(image, *scaled)
-
-    def _buffer(self, size: int) -> np.ndarray:
-        """This thread's decode buffer (map workers are threads sharing one op): one per thread,
-        reused, instead of a fresh quarter-megabyte array per frame."""
-        buffer = getattr(self._local, "buffer", None)
-        if buffer is None or buffer.size < size:
-            buffer = self._local.buffer = np.empty(size, np.uint8)
-        return buffer
+            return self.frames.size(blob, offsets, index)
+        except FrameError as exc:
+            raise BadSample(str(exc)) from None
 
     def views(self, blob: memoryview, offsets: np.ndarray, indices: np.ndarray,
               boxes: list[tuple[int, int]], flip: bool, video_id: str = "") -> np.ndarray:
         """The clips of ``indices`` (K, T, N) cropped at each (top, left) of ``boxes``: (K·C,
         *clip_shape), clip-major (view ``k·C + c``), flipped if ``flip``.
 
-        Each distinct frame is decoded once, and its crops written straight into the output
-        (flipped and, with ``normalize``, normalized on the way): one pass over the pixels after
-        decoding. BadSample for a frame that does not decode or whose size is not the first
-        frame's.
+        Each distinct frame is decoded once, in ascending order (``datatools.frames``: an h264
+        run from its keyframe), and its crops written straight into the output (flipped and,
+        with ``normalize``, normalized on the way): one pass over the pixels after decoding.
+        A frame that needs no scaling is converted only as far as the boxes reach. BadSample for
+        a frame that does not decode or whose size is not the first frame's.
         """
         clips, t, n = indices.shape
-        size = None     # the clip's first frame's, which every frame must have
         c = self.crop
         frame_shape = (3, c, c) if self.normalize else (c, c, 3)
         out = np.empty((clips, len(boxes), t * n, *frame_shape), self.dtype)
-        first: dict[int, tuple[int, int]] = {}
+        places: dict[int, list[tuple[int, int]]] = {}
         for k in range(clips):
             for j, index in enumerate(indices[k].ravel().tolist()):
-                if index in first:
-                    out[k, :, j] = out[first[index][0], :, first[index][1]]
-                    continue
-                frame = self._frame(blob, offsets, index, video_id)
-                size = size or frame.shape[:2]
-                if frame.shape[:2] != size:
-                    raise BadSample(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, frame "
-                                    f"{int(indices.flat[0])} {size[1]}x{size[0]}")
+                places.setdefault(index, []).append((k, j))
+        order = sorted(places)
+        size = self._stored_size(blob, offsets, order[0])
+        scaled = self.scaled_size(*size, video_id)
+        region = None
+        if scaled == size:      # crop straight from the stored frame: decode only the boxes' extent
+            top, left = min(b[0] for b in boxes), min(b[1] for b in boxes)
+            region = (top, left, max(b[0] for b in boxes) + c - top, max(b[1] for b in boxes) + c - left)
+        origin = region[:2] if region else (0, 0)
+        try:
+            for index, whole, image in self.frames.decode(blob, offsets, order, region,
+                                                          accurate=self.resize == "zoo"):
+                if whole != size:
+                    raise BadSample(f"frame {index} is {whole[1]}x{whole[0]}, frame {order[0]} "
+                                    f"{size[1]}x{size[0]}")
+                if region is None:
+                    image = self._scale(image, *scaled)
+                (k, j), *repeats = places[index]
                 for b, (top, left) in enumerate(boxes):
-                    self._put(frame[top:top + c, left:left + c], flip, out[k, b, j])
-                first[index] = (k, j)
+                    top, left = top - origin[0], left - origin[1]
+                    self._put(image[top:top + c, left:left + c], flip, out[k, b, j])
+                for k2, j2 in repeats:
+                    out[k2, :, j2] = out[k, :, j]
+        except FrameError as exc:
+            raise BadSample(str(exc)) from None
         return out.reshape(clips * len(boxes), *self.clip_shape(t, n))
 
     def _put(self, patch: np.ndarray, flip: bool, target: np.ndarray) -> None:
@@ -289,7 +285,7 @@ class ClipDecoder:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(short_side={self.short_side}, crop={self.crop}, "
-                f"normalize={self.normalize})")
+                f"normalize={self.normalize}, codec={self.frames.codec})")
 
 
 def _blob(frames: np.ndarray) -> memoryview:
@@ -380,10 +376,12 @@ class EvalClips:
         return np.zeros((self.num_clips * self.crops, *shape), self.decoder.dtype)
 
     def views(self, blob: bytes | memoryview, offsets: np.ndarray, num_frames: int,
-              video_id: str = "") -> np.ndarray:
-        """(K·C, *clip_shape) views of one video's frames (``trainer.predict`` calls it on frames
-        it encoded itself, so a prediction sees the pixels an evaluation does)."""
-        indices = self.sampler.test_indices(num_frames, self.num_clips)
+              video_id: str = "", first: int = 0) -> np.ndarray:
+        """(K·C, *clip_shape) views of frames ``first..first+num_frames-1`` of one video
+        (``trainer.predict`` calls it on frames it encoded itself, so a prediction sees the
+        pixels an evaluation does, and on windows of them: an h264 window decodes from the
+        keyframe before it, so the blob is never cut)."""
+        indices = first + self.sampler.test_indices(num_frames, self.num_clips)
         size = self.decoder.frame_size(blob, offsets, int(indices.flat[0]), video_id)
         return self.decoder.views(blob, offsets, indices, self.decoder.test_boxes(*size, self.crops),
                                   False, video_id)
@@ -460,13 +458,13 @@ def clip_decoder(cfg: Config, split: str, crop: int, normalize: bool = False) ->
     table = read_manifest(folder)
     settings = read_settings(table)
     return build_decoder(cfg, settings.short_side if settings else None, crop, normalize,
-                         source_sizes(table), folder)
+                         source_sizes(table), folder, codec_of(settings))
 
 
 def build_decoder(cfg: Config, stored: int | None, crop: int, normalize: bool,
-                  sizes: dict[str, tuple[int, int]], where: str | Path) -> ClipDecoder:
-    """The decoder for frames stored at short side ``stored`` (None: unknown) from sources of
-    ``sizes`` ((height, width) by video_id); ``where`` names them in messages.
+                  sizes: dict[str, tuple[int, int]], where: str | Path, codec: str = JPEG) -> ClipDecoder:
+    """The decoder for ``codec`` frames stored at short side ``stored`` (None: unknown) from
+    sources of ``sizes`` ((height, width) by video_id); ``where`` names them in messages.
 
     ``data.short_side: 0`` reads frames at the stored short side; another value rescales them at
     read time, which is said once. A stored short side below the crop is refused (every clip
@@ -488,11 +486,11 @@ def build_decoder(cfg: Config, stored: int | None, crop: int, normalize: bool,
                   "to %dx%d as the model zoo does (stored at short side %s)", where, short,
                   int(short * 4 / 3), short, stored)
         kept = {vid: size for vid, size in sizes.items() if min(size) == short}
-        return ClipDecoder(short, crop, normalize, resize="zoo", source_sizes=kept)
+        return ClipDecoder(short, crop, normalize, resize="zoo", source_sizes=kept, codec=codec)
     if stored != short:
         _log_once("%s is stored at short side %s; frames are scaled to data.short_side=%d at read "
                   "time", where, stored, short)
-    return ClipDecoder(short, crop, normalize)
+    return ClipDecoder(short, crop, normalize, codec=codec)
 
 
 def views_per_video(cfg: Config) -> int:

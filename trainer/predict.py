@@ -3,7 +3,7 @@
     python -m trainer.predict --config configs/demo.yaml --ckpt runs/demo/best.ckpt a.mp4 b.mp4
     python -m trainer.predict --config X --ckpt C long.mp4 --window 10 --out predictions.jsonl
 
-A video is decoded, resized and JPEG-encoded by the converter's own path
+A video is decoded, resized and encoded (JPEG or h264) by the converter's own path
 (``datatools.video.encode_video``) at the settings stored with the records the model was trained
 on (``data.root``'s split manifest), then cut into views by the evaluation's pipeline
 (``trainer.data.EvalClips``: K clips × C crops of ``test.*``) and scored by ``trainer.scoring``:
@@ -105,22 +105,21 @@ class Predictor:
         """Top classes of the video at ``path`` (and of each ``window``-second window);
         VideoError with the reason for a video that cannot be predicted."""
         s = self.settings
-        encoded = encode_video(path, s.short_side, s.quality, s.max_fps, chroma=s.chroma_subsampling)
-        count = len(encoded.jpegs)
+        encoded = encode_video(path, s)
+        count = len(encoded.frames)
         if count < self.clip_frames:
             raise VideoError(f"{count} frames, shorter than one clip ({self.cfg.test.segments} segments "
                              f"x {self.cfg.data.frames_per_segment} frames = {self.clip_frames})")
-        blob, offsets = pack_frames(encoded.jpegs)
+        blob, offsets = pack_frames(encoded.frames)
         video_id = Path(path).stem
         decoder = build_decoder(self.cfg, s.short_side, self.cfg.test.crop, False,
-                                {video_id: (encoded.src_height, encoded.src_width)}, path)
+                                {video_id: (encoded.src_height, encoded.src_width)}, path, s.codec)
         clips = eval_clips(self.cfg, decoder, path)
         prediction = Prediction(str(path), self._top(self._scores(clips, blob, offsets, video_id)), [])
         if window:
             fps = min(encoded.fps, s.max_fps) if s.max_fps else encoded.fps
             for first, last in self._windows(count, window, fps):
-                part = offsets[first:last + 1]
-                scores = self._scores(clips, memoryview(blob)[part[0]:part[-1]], part - part[0], video_id)
+                scores = self._scores(clips, blob, offsets, video_id, first, last - first)
                 prediction.windows.append((first / fps, last / fps, self._top(scores)))
         return prediction
 
@@ -139,10 +138,11 @@ class Predictor:
         return bounds
 
     def _scores(self, clips: EvalClips, blob: bytes | memoryview, offsets: np.ndarray,
-                video_id: str) -> np.ndarray:
-        """Class scores of one frame run: its views through the network in test.batch_size
-        batches, then the mean softmax (trainer.scoring)."""
-        views = clips.views(blob, offsets, len(offsets) - 1, video_id)
+                video_id: str, first: int = 0, count: int | None = None) -> np.ndarray:
+        """Class scores of frames ``first..first+count-1`` (all by default): their views through
+        the network in test.batch_size batches, then the mean softmax (trainer.scoring)."""
+        count = len(offsets) - 1 - first if count is None else count
+        views = clips.views(blob, offsets, count, video_id, first)
         step = self.cfg.test.batch_size
         logits = np.concatenate([self.net(ms.Tensor(views[i:i + step])).asnumpy()
                                  for i in range(0, len(views), step)])

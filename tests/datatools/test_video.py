@@ -9,10 +9,18 @@ import pytest
 import simplejpeg
 
 from datatools import video
+from datatools.manifest import Settings
 from datatools.synth import SynthSpec, render_video
-from datatools.video import (VideoError, encodes_from_planes, encode_frame, encode_video, iter_frames,
+from datatools.video import (EncodedVideo, VideoError, encodes_from_planes, encode_frame, iter_frames,
                              stored_size)
 from tests.datatools import bad_videos
+
+
+def encode_video(path, short_side: int, quality: int, max_fps: float | None = None, threads: int = 0,
+                 max_bytes: int | None = None) -> EncodedVideo:
+    """datatools.video.encode_video with JPEG settings of these values."""
+    return video.encode_video(path, Settings(short_side, quality, max_fps, videos_per_shard=1, seed=0),
+                              threads, max_bytes)
 
 
 @pytest.mark.parametrize("make, reason", [
@@ -49,24 +57,24 @@ def test_frames_decode_to_stored_size_and_match_the_source(tmp_path):
     path = bad_videos.good(tmp_path / "v.mp4", num_frames=10, width=160, height=120)
     video = encode_video(path, short_side=60, quality=95)
     assert (video.src_width, video.src_height, video.width, video.height) == (160, 120, 80, 60)
-    assert len(video.jpegs) == 10 and video.fps == 25
-    first = simplejpeg.decode_jpeg(video.jpegs[0], colorspace="RGB")
+    assert len(video.frames) == 10 and video.fps == 25
+    first = simplejpeg.decode_jpeg(video.frames[0], colorspace="RGB")
     assert first.shape == (60, 80, 3)
     small = bad_videos.good(tmp_path / "small.mp4", num_frames=3, width=64, height=48)
-    assert simplejpeg.decode_jpeg(encode_video(small, 112, 90).jpegs[0]).shape == (48, 64, 3)
+    assert simplejpeg.decode_jpeg(encode_video(small, 112, 90).frames[0]).shape == (48, 64, 3)
 
 
 def test_max_fps_drops_frames_evenly(tmp_path):
     path = bad_videos.good(tmp_path / "v.mp4", num_frames=25)   # 1 s at 25 fps
-    assert len(encode_video(path, 0, 90, max_fps=10).jpegs) == 10
-    assert len(encode_video(path, 0, 90, max_fps=30).jpegs) == 25   # cap above the source rate
+    assert len(encode_video(path, 0, 90, max_fps=10).frames) == 10
+    assert len(encode_video(path, 0, 90, max_fps=30).frames) == 25   # cap above the source rate
 
 
 def test_quality_changes_bytes(tmp_path):
     path = bad_videos.good(tmp_path / "v.mp4", num_frames=4, width=160, height=120)
-    low, high = (sum(map(len, encode_video(path, 0, q).jpegs)) for q in (50, 95))
+    low, high = (sum(map(len, encode_video(path, 0, q).frames)) for q in (50, 95))
     assert low < high
-    decoded = simplejpeg.decode_jpeg(encode_video(path, 0, 95).jpegs[0])
+    decoded = simplejpeg.decode_jpeg(encode_video(path, 0, 95).frames[0])
     assert decoded.dtype == np.uint8
 
 
@@ -116,7 +124,7 @@ def test_truncated_files_are_refused_in_every_container(tmp_path, suffix, codec,
     if codec not in av.codecs_available:
         pytest.skip(f"this FFmpeg build has no {codec} encoder for the {suffix} case")
     path = bad_videos.clip(tmp_path / f"v{suffix}", _clip_frames(48, 160, 120), codec)
-    assert len(encode_video(path, 0, 90, threads=threads).jpegs) == 48
+    assert len(encode_video(path, 0, 90, threads=threads).frames) == 48
     with pytest.raises(VideoError) as info:
         encode_video(bad_videos.cut(path), 0, 90, threads=threads)
     assert re.match(reason, str(info.value)), str(info.value)
@@ -144,7 +152,7 @@ def test_rotated_video_is_stored_upright(tmp_path, rotation, hflip, turn, pix_fm
     path = bad_videos.clip(tmp_path / "v.mp4", stored, rotation=rotation, hflip=hflip, pix_fmt=pix_fmt)
     result = encode_video(path, short_side=24, quality=95)
     assert (result.src_width, result.src_height, result.width, result.height) == (64, 48, 32, 24)
-    picture = simplejpeg.decode_jpeg(result.jpegs[0], colorspace="GRAY")[..., 0].astype(float)
+    picture = simplejpeg.decode_jpeg(result.frames[0], colorspace="GRAY")[..., 0].astype(float)
     assert picture.shape == (24, 32)
     corners = [picture[:6, :8], picture[:6, -8:], picture[-6:, :8], picture[-6:, -8:]]
     assert corners[0].mean() > 150 and max(c.mean() for c in corners[1:]) < 80, [c.mean() for c in corners]
@@ -165,8 +173,8 @@ def test_max_fps_keeps_frames_by_time(tmp_path):
 def test_too_large_is_refused_before_decoding_everything(tmp_path, monkeypatch):
     """A video that cannot fit in a page is refused from its duration, or as soon as it overflows."""
     path = bad_videos.good(tmp_path / "v.mp4", num_frames=64, width=160, height=120)
-    total = sum(map(len, encode_video(path, 0, 90).jpegs))
-    assert len(encode_video(path, 0, 90, max_bytes=total).jpegs) == 64
+    total = sum(map(len, encode_video(path, 0, 90).frames))
+    assert len(encode_video(path, 0, 90, max_bytes=total).frames) == 64
     encoded = []
     real_encode = video.encode_frame
     monkeypatch.setattr(video, "encode_frame", lambda *a, **k: encoded.append(1) or real_encode(*a, **k))
