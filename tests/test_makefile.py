@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_CANN = "/opt/fake/cann"
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None or not (ROOT / ".venv/bin/python").exists(),
-                                reason="needs make and the project's .venv")
+pytestmark = [pytest.mark.slow,   # make starts a MindSpore process per target
+              pytest.mark.skipif(shutil.which("make") is None or not (ROOT / ".venv/bin/python").exists(),
+                                 reason="needs make and the project's .venv")]
 
 
 def make_env(pythonpath: str | None) -> dict:
@@ -57,7 +60,7 @@ def test_make_eval_under_msrun_ends_with_the_result_line(tiny_records, tmp_path)
     ckpt = tmp_path / "fresh.ckpt"
     save_weights(create_model(load_config(ROOT / "configs/demo.yaml", overrides)), ckpt, epoch=1)
     env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "GLOG_v"}}
-    result = subprocess.run(["make", "eval", "NPROC=2", "MASTER_PORT=8230", f"CKPT={ckpt}",
+    result = subprocess.run(["make", "eval", "NPROC=2", f"MASTER_PORT={free_port()}", f"CKPT={ckpt}",
                              f"MSRUN_LOG={tmp_path / 'msrun'}", f"ARGS={' '.join(overrides)}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -110,6 +110,7 @@ def rank_dirs(project: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
 
 
+@pytest.mark.slow
 def test_launch_starts_one_rank_per_device_and_reports_every_failure(project, tmp_path):
     """Real trainer ranks: on this CPU-only machine device_target=Ascend fails in every rank."""
     table = write_table(tmp_path / "table.json", {"10.0.0.1": [(0, 0), (1, 1)]})

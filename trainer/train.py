@@ -36,10 +36,10 @@ from trainer.pretrained import load_pretrained
 from trainer.rundir import RunDir
 from trainer.runtime import all_reduce_counts, all_reduce_sum, init_runtime
 from trainer.schedule import build_lr
-from trainer.train_step import PendingStep, build_train_cell, launch_step
+from trainer.train_step import PendingStep, StepResult, build_train_cell, launch_step
 
-__all__ = ["TrainingDiverged", "TooManyBadSamples", "BadSamples", "train", "train_one_epoch",
-           "average_bn_statistics", "main"]
+__all__ = ["TrainingDiverged", "TooManyBadSamples", "BadSamples", "OverflowStreak", "train",
+           "train_one_epoch", "average_bn_statistics", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,22 @@ class BadSamples:
         return count
 
 
+class OverflowStreak:
+    """Overflowing (skipped) steps in a row, counted across epochs: an epoch may hold fewer steps
+    than the limit, and a diverged loss keeps overflowing past an epoch's end."""
+
+    def __init__(self, limit: int = MAX_CONSECUTIVE_SKIPS) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def add(self, result: StepResult, at: str) -> None:
+        """Count one step's result; the ``limit``-th overflow in a row stops the run."""
+        self.count = self.count + 1 if result.skipped else 0
+        if self.count >= self.limit:
+            raise TrainingDiverged(f"train stopped at {at}: {self.count} consecutive steps "
+                                   f"overflowed (loss {result.loss}, loss scale {result.loss_scale:g})")
+
+
 class RunLog:
     """``train.jsonl`` on rank 0; nothing elsewhere."""
 
@@ -112,18 +128,19 @@ class RunLog:
 
 def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: np.ndarray,
                     clips_per_step: int, log_interval: int, run_log: RunLog, bad: BadSamples,
-                    epochs: int = 0) -> int:
+                    epochs: int = 0, overflows: OverflowStreak | None = None) -> int:
     """One pass over ``dataset``; returns the optimizer step count after it.
 
     Steps are launched without reading their results; the host waits for the device once per
     log window, where the window's losses, overflow flags and scale are read and checked (a NaN
-    loss or too many overflows in a row stop the run, naming the step). Each log line says
-    ``epoch e/E step i/n`` and the time left in the epoch and in the run (``epochs`` = E; the
-    rate is the last log window's).
+    loss or too many overflows in a row stop the run, naming the step; ``overflows`` carries the
+    count over from the epochs before). Each log line says ``epoch e/E step i/n`` and the time
+    left in the epoch and in the run (``epochs`` = E; the rate is the last log window's).
     """
     train_cell.set_train(True)
     window: list[tuple[PendingStep, bool]] = []    # launched steps, and whether all were bad
-    window_bad, window_wait, window_start, consecutive_skips = 0, 0.0, time.perf_counter(), 0
+    window_bad, window_wait, window_start = 0, 0.0, time.perf_counter()
+    overflows = overflows if overflows is not None else OverflowStreak()
     bad.start_epoch()
     iterator = dataset.create_tuple_iterator(num_epochs=1)
     batch_count = dataset.get_dataset_size()
@@ -141,13 +158,10 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
         losses, skipped = [], 0
         for k, ((_, all_bad), result) in enumerate(zip(window, results)):
             at = f"epoch {epoch + 1} step {step - len(window) + k + 1}"
-            consecutive_skips = consecutive_skips + 1 if result.skipped else 0
             if result.skipped:
                 skipped += 1
                 logger.debug("%s: gradient overflow, update skipped", at)
-            if consecutive_skips > MAX_CONSECUTIVE_SKIPS:
-                raise TrainingDiverged(f"train stopped at {at}: {consecutive_skips} consecutive steps "
-                                       f"overflowed (loss {result.loss}, loss scale {result.loss_scale:g})")
+            overflows.add(result, at)
             if not result.skipped and not math.isfinite(result.loss):
                 raise TrainingDiverged(f"train stopped at {at}: loss is {result.loss}")
             if math.isfinite(result.loss) and not all_bad:   # all bad: loss 0, not a mean
@@ -254,6 +268,7 @@ def train(cfg: Config) -> dict:
         start_epoch, step = restore_training_state(train_cell, resume, steps_per_epoch)
         logger.info("resumed from %s: %d epochs, %d steps done", resume, start_epoch, step)
     bad = BadSamples(cfg.data.max_bad_samples, group_size, split_dir(cfg, cfg.data.train_split))
+    overflows = OverflowStreak()
     best = run.best_top1()
     logger.info("run %s: %d ranks, %d steps/epoch, %d clips/step, epochs %d..%d",
                 run.path, group_size, steps_per_epoch, cfg.data.batch_size * group_size,
@@ -267,7 +282,7 @@ def train(cfg: Config) -> dict:
             step = train_one_epoch(train_cell, dataset, epoch=epoch, step=step, lr=lr,
                                    clips_per_step=cfg.data.batch_size * group_size,
                                    log_interval=cfg.train.log_interval, run_log=run_log, bad=bad,
-                                   epochs=cfg.train.epochs)
+                                   epochs=cfg.train.epochs, overflows=overflows)
             average_bn_statistics(net, group_size)
             # Every rank holds the same state now (averaged gradients and BN statistics): all stop.
             problem = non_finite((p.name, p) for p in train_cell.get_parameters())

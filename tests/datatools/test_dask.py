@@ -38,6 +38,9 @@ SPEC = SynthSpec(num_frames=16, width=160, height=120)
 SHARDS = 6
 
 
+pytestmark = pytest.mark.slow   # Dask clusters of subprocesses
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> dict:
     """The synthetic split and its local (loky) conversion, the reference every cluster run must

@@ -238,6 +238,7 @@ def full_disk_run(base: str) -> None:
     (base_dir / "disk.json").write_text(json.dumps(facts))
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_run_resumes(tmp_path):
     refused = _namespaces_refused()
     if refused:

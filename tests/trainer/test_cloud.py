@@ -29,6 +29,9 @@ from trainer.rundir import RunDir
 VENV_BIN = Path(sys.executable).parent
 
 
+pytestmark = pytest.mark.slow   # trainings, msrun jobs and OBS transfers
+
+
 @pytest.fixture
 def records_url(tiny_records, bucket) -> str:
     """tiny_records (labels.txt, train/, val/) pushed to the bucket as a user would."""

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+import trainer.train
 from trainer.config import NULLABLE_TYPES, RULES, ConfigError, load_config, save_config
+
+from tests.trainer.inprocess import run_module
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -67,6 +70,7 @@ def test_saved_config_reloads_identically(tmp_path):
 
 
 def test_cli_reports_a_bad_key_in_one_line():
+    """The one real ``python -m trainer.train`` start here (the other CLI paths run in-process)."""
     result = subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(DEMO), "train.lrr=1"],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -200,16 +204,13 @@ def test_yaml_syntax_errors_are_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def _train_cli(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(DEMO), *overrides],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
-def test_cli_reports_an_impossible_value_in_one_line_before_any_work():
-    result = _train_cli("train.lr=-1")
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == ["error: train.lr must be > 0, got -1.0"], result.stderr
-    assert result.stdout == ""  # nothing started: no device, no run folder, no log line
+def test_cli_reports_an_impossible_value_in_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)   # where a run folder (train.output_dir is relative) would appear
+    assert run_module(trainer.train, ["--config", DEMO, "train.lr=-1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == ["error: train.lr must be > 0, got -1.0"], captured.err
+    assert captured.out == ""  # nothing started: no device, no run folder, no log line
+    assert not list(tmp_path.iterdir())
 
 
 def test_auto_device_is_cpu_without_the_ascend_runtime(caplog):
@@ -221,16 +222,16 @@ def test_auto_device_is_cpu_without_the_ascend_runtime(caplog):
     assert cfg.device_target == "auto" and load_config(DEMO).device_target == "CPU"
     assert resolve_device_target(cfg) == "CPU" and amp_level(cfg) == "O0"
     with caplog.at_level(logging.INFO, logger="trainer.runtime"):
-        assert init_runtime(load_config(DEMO, ["device_target=auto"])) == (0, 1)
+        # pynative: the later tests of this process keep MindSpore's default mode
+        assert init_runtime(load_config(DEMO, ["device_target=auto", "mode=pynative"])) == (0, 1)
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
         "device_target=auto: CPU, as the Ascend runtime does not load here"]
     assert ms.get_context("device_target") == "CPU"
 
 
-def test_explicit_ascend_without_its_runtime_is_one_line():
-    result = _train_cli("device_target=Ascend")
-    assert result.returncode == 2
-    [line] = result.stderr.splitlines()
+def test_explicit_ascend_without_its_runtime_is_one_line(capsys):
+    assert run_module(trainer.train, ["--config", DEMO, "device_target=Ascend"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("error: device_target=Ascend but the Ascend runtime does not load here (")
     assert line.endswith("): source CANN's set_env.sh (e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh), "
                          "or set device_target=CPU or auto")

@@ -34,20 +34,17 @@ def test_three_crops_run_along_the_long_side():
         load_config(DEMO, ["test.crops=2"])
 
 
-def _single_crop_scores(net, cfg, blob: bytes, offsets: np.ndarray, num_frames: int,
-                        video_id: str) -> list[np.ndarray]:
-    """Per crop position (left, centre, right), the mean softmax over the video's K clips."""
+def _single_crop_views(cfg, blob: bytes, offsets: np.ndarray, num_frames: int,
+                       video_id: str) -> np.ndarray:
+    """(3 crop positions: left, centre, right; K clips; *clip) pixels of one video, cut by hand."""
     t, n, crop = cfg.test.segments, cfg.data.frames_per_segment, cfg.test.crop
     decoder = clip_decoder(cfg, "val", crop)
     indices = ClipSampler(t, n).test_indices(num_frames, cfg.test.clips)
     height, width = decoder.frame_size(memoryview(blob), offsets, int(indices.flat[0]), video_id)
     assert width > height    # the tiny records are landscape (85x64)
     top = (height - crop) // 2
-    scores = []
-    for left in (0, (width - crop) // 2, width - crop):
-        clips = decoder.views(memoryview(blob), offsets, indices, [(top, left)], False, video_id)
-        scores.append(_softmax(net(ms.Tensor(clips)).asnumpy().astype(np.float64)).mean(axis=0))
-    return scores
+    return np.stack([decoder.views(memoryview(blob), offsets, indices, [(top, left)], False, video_id)
+                     for left in (0, (width - crop) // 2, width - crop)])
 
 
 def test_three_crop_eval_is_the_mean_of_three_single_crop_evals(tiny_records):
@@ -66,17 +63,24 @@ def test_three_crop_eval_is_the_mean_of_three_single_crop_evals(tiny_records):
     result = evaluate(net, create_dataset(cfg, "val", training=False), cfg.model.num_classes)
     assert result["videos"] == len(result["scores"]) == 12
 
-    spread = 0.0
+    views = {}
     for shard in ok_shard_paths(split_dir(cfg, "val")):
         reader = FileReader(shard)
         try:
             for row in reader.get_next():
                 video_id = str(row[VIDEO_ID])
-                by_crop = _single_crop_scores(net, cfg, row[FRAMES], row[OFFSETS], int(row[NUM_FRAMES]),
-                                              video_id)
-                np.testing.assert_allclose(result["scores"][video_id], np.mean(by_crop, axis=0),
-                                           rtol=1e-5, atol=1e-6)
-                spread = max(spread, float(np.abs(by_crop[0] - by_crop[2]).max()))
+                views[video_id] = _single_crop_views(cfg, row[FRAMES], row[OFFSETS],
+                                                     int(row[NUM_FRAMES]), video_id)
         finally:
             reader.close()
-    assert spread > 1e-3   # the crops see different pixels: a centre-only eval would fail above
+    assert sorted(views) == sorted(result["scores"])
+    # One network call for every clip (a clip's logits do not depend on its batch: test_model),
+    # then per video and crop position the mean softmax over its K clips.
+    stacked = np.stack(list(views.values()))                        # (videos, 3, K, *clip)
+    logits = net(ms.Tensor(stacked.reshape(-1, *stacked.shape[3:]))).asnumpy().astype(np.float64)
+    by_crop = _softmax(logits.reshape(*stacked.shape[:3], -1)).mean(axis=2)   # (videos, 3, classes)
+    for video_id, video_by_crop in zip(views, by_crop):
+        np.testing.assert_allclose(result["scores"][video_id], video_by_crop.mean(axis=0),
+                                   rtol=1e-5, atol=1e-6, err_msg=video_id)
+    # the crops see different pixels: a centre-only eval would fail above
+    assert np.abs(by_crop[:, 0] - by_crop[:, 2]).max() > 1e-3

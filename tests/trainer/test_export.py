@@ -11,6 +11,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+import trainer.export
 from datatools.schema import read_labels
 from trainer.config import load_config
 from trainer.export import export_network, input_shape, parse_batch
@@ -18,8 +19,15 @@ from trainer.exported import metadata_path, read_metadata, sha256_file
 from trainer.model import create_model
 from trainer.runtime import init_runtime
 
+from tests.trainer.inprocess import run_module
+
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["model.width=8"]
+# PyNative: the reference logits run eagerly (no graph compile per input shape); ms.export and
+# GraphCell compile their own graphs whatever the mode.
+TINY = ["model.width=8", "mode=pynative"]
+
+
+pytestmark = pytest.mark.slow   # export compiles
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +55,23 @@ def _graph(path: Path) -> ms.nn.GraphCell:
     return ms.nn.GraphCell(ms.load(str(path)))
 
 
-def test_mindir_round_trip_is_exact(cfg, net, clips, tmp_path):
-    path = export_network(net, cfg, "MINDIR", batch=1, out_dir=tmp_path, checkpoint="fresh.ckpt")
-    assert path == tmp_path / "stnet_b1.mindir"
+@pytest.fixture(scope="module")
+def b1_export(cfg, net, tmp_path_factory) -> tuple[Path, Path]:
+    """(out_dir, file) of one batch-1 MINDIR export, read by the tests below (each export
+    compiles a graph)."""
+    out_dir = tmp_path_factory.mktemp("b1")
+    return out_dir, export_network(net, cfg, "MINDIR", batch=1, out_dir=out_dir, checkpoint="fresh.ckpt")
+
+
+def test_mindir_round_trip_is_exact(net, clips, b1_export):
+    out_dir, path = b1_export
+    assert path == out_dir / "stnet_b1.mindir"
     one = ms.Tensor(clips[:1])
     np.testing.assert_array_equal(_graph(path)(one).asnumpy(), net(one).asnumpy())
 
 
-def test_metadata_describes_the_file(cfg, net, tiny_records, tmp_path):
-    path = export_network(net, cfg, "MINDIR", batch=1, out_dir=tmp_path, checkpoint="fresh.ckpt")
+def test_metadata_describes_the_file(cfg, tiny_records, b1_export):
+    path = b1_export[1]
     meta = json.loads(metadata_path(path).read_text())
     assert meta["sha256"] == sha256_file(path)
     assert meta["bytes"] == path.stat().st_size
@@ -104,24 +120,21 @@ def test_parse_batch():
     assert parse_batch("4") == 4
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "trainer.export", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_air_off_ascend_is_one_line_error(tmp_path):
+    """The one real ``python -m trainer.export`` start (the other CLI paths run in-process)."""
     ckpt = tmp_path / "none.ckpt"
     ckpt.write_bytes(b"")
-    done = _cli("--config", "configs/demo.yaml", "--ckpt", str(ckpt), "--format", "AIR",
-                "--out", str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "trainer.export", "--config", "configs/demo.yaml",
+                           "--ckpt", str(ckpt), "--format", "AIR", "--out", str(tmp_path)],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "error: --format AIR needs device_target=Ascend (MindSpore writes AIR only on Ascend), "
         "got 'CPU'; use MINDIR or ONNX here"]
 
 
-def test_missing_checkpoint_is_one_line_error(tmp_path):
-    done = _cli("--config", "configs/demo.yaml", "--ckpt", str(tmp_path / "gone.ckpt"))
-    assert done.returncode == 2
-    assert done.stderr.strip() == f"error: --ckpt not found: {tmp_path / 'gone.ckpt'}"
+def test_missing_checkpoint_is_one_line_error(tmp_path, capsys):
+    assert run_module(trainer.export, ["--config", REPO / "configs/demo.yaml",
+                                       "--ckpt", tmp_path / "gone.ckpt"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --ckpt not found: {tmp_path / 'gone.ckpt'}"

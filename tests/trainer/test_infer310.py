@@ -7,7 +7,9 @@ comparison can fail.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import json
 import os
 import re
@@ -20,6 +22,7 @@ import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
+import trainer.export
 from datatools.schema import sample_checksum
 from trainer import eval as trainer_eval
 from trainer.config import load_config
@@ -27,12 +30,17 @@ from trainer.data import MEAN, STD, ClipDecoder, ClipSampler, EvalClips
 from trainer.export import export_network
 from trainer.infer310 import (DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, RESULT_DIR, read_meta,
                               result_name)
+from trainer.infer310 import package as package_cli
+from trainer.infer310 import postprocess as postprocess_cli
+from trainer.infer310 import runner as runner_cli
 from trainer.infer310.package import source_files
 from trainer.infer310.postprocess import summary_line, top1
 from trainer.infer310.preprocess import preprocess
 from trainer.infer310.runner import run_clips
 from trainer.model import create_model
 from trainer.runtime import init_runtime
+
+from tests.trainer.inprocess import run_module
 
 REPO = Path(__file__).resolve().parents[2]
 CLIPS_PER_VIDEO = 2
@@ -41,6 +49,9 @@ MODEL = "stnet_b1.mindir"
 FRESH_VENV_DISTRIBUTIONS = ("numpy", "mindspore")
 # What the host lacks; the package must run without them.
 ABSENT_MODULES = ("cv2", "simplejpeg", "yaml", "pyarrow", "trainer", "datatools")
+
+
+pytestmark = pytest.mark.slow   # exports a model and runs the 310 package in a fresh venv
 
 
 def _cli(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -55,14 +66,29 @@ def _read_clips(work: Path, meta: dict) -> np.ndarray:
                      for name in meta["files"]])
 
 
+def _run_quietly(module, *args: object) -> str:
+    """``run_module`` for a module-scoped fixture (no capsys there): returns what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = run_module(module, args)
+    assert code == 0, printed.getvalue()[-2000:]
+    return printed.getvalue()
+
+
 @pytest.fixture(scope="module")
 def run(tiny_records, tmp_path_factory):
     """Everything the 310 path writes (uint8 and float clips, both exports, the package), plus
-    the network's own logits on the float clips."""
+    the network's own logits on the float clips.
+
+    The export and the runner run in this process (a new one would import MindSpore again:
+    run.sh starts the runner for real below); postprocess and package, which need only numpy,
+    start as the 310 host starts them.
+    """
     base = tmp_path_factory.mktemp("infer310")
-    # 2 segments: the K=2 clips of a 16-frame video differ (with 4 they would be the same)
+    # 2 segments: the K=2 clips of a 16-frame video differ (with 4 they would be the same);
+    # PyNative: no graph compile for the network's own runs (exports compile their graphs)
     overrides = ["model.width=8", f"data.root={tiny_records.root}", "test.segments=2",
-                 f"test.clips={CLIPS_PER_VIDEO}", f"train.output_dir={base / 'runs'}"]
+                 f"test.clips={CLIPS_PER_VIDEO}", f"train.output_dir={base / 'runs'}", "mode=pynative"]
     cfg = load_config(REPO / "configs/demo.yaml", overrides)
     init_runtime(cfg)
     work, float_work, ckpt = base / "work", base / "work_float", base / "fresh.ckpt"
@@ -79,11 +105,9 @@ def run(tiny_records, tmp_path_factory):
     logits = net(clips).asnumpy()
     export_network(net, cfg, "MINDIR", out_dir=float_export_dir)
 
-    exported = _cli("trainer.export", "--config", "configs/demo.yaml", "--ckpt", str(ckpt),
-                    "--input", "uint8", "--out", str(export_dir), *overrides)
-    assert exported.returncode == 0, exported.stderr
-    ran = _cli("trainer.infer310.runner", "--model", str(export_dir / MODEL), "--work", str(work))
-    assert ran.returncode == 0, ran.stderr
+    _run_quietly(trainer.export, "--config", REPO / "configs/demo.yaml", "--ckpt", ckpt,
+                 "--input", "uint8", "--out", export_dir, *overrides)
+    runner_out = _run_quietly(runner_cli, "--model", export_dir / MODEL, "--work", work)
     post = _cli("trainer.infer310.postprocess", "--work", str(work))
     assert post.returncode == 0, post.stderr
     packaged = _cli("trainer.infer310.package", "--model", str(export_dir / MODEL),
@@ -92,7 +116,7 @@ def run(tiny_records, tmp_path_factory):
     return {"cfg": cfg, "overrides": overrides, "work": work, "float_work": float_work,
             "ckpt": ckpt, "meta": meta, "float_meta": float_meta, "logits": logits,
             "export": export_dir, "float_export": float_export_dir, "package": package,
-            "runner_out": ran.stdout, "post_line": post.stdout.strip().splitlines()[-1]}
+            "runner_out": runner_out, "post_line": post.stdout.strip().splitlines()[-1]}
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +235,13 @@ def test_top1_equals_trainer_eval(run, evaluated):
     assert run["post_line"] == summary_line(post)
 
 
-def test_postprocess_without_results_is_one_line_error(run, tmp_path):
+def test_postprocess_without_results_is_one_line_error(run, tmp_path, capsys):
     (tmp_path / META_NAME).write_text((run["work"] / META_NAME).read_text())
     np.save(tmp_path / LABELS_FILE, np.load(run["work"] / LABELS_FILE))
-    done = _cli("trainer.infer310.postprocess", "--work", str(tmp_path))
-    assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert done.stderr.startswith(f"error: {2 * 12} of {2 * 12} results missing")
+    assert run_module(postprocess_cli, ["--work", tmp_path]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {2 * 12} of {2 * 12} results missing")
 
 
 def test_runner_rejects_mismatched_export(run, tmp_path):
@@ -228,11 +252,10 @@ def test_runner_rejects_mismatched_export(run, tmp_path):
         run_clips(run["export"] / MODEL, tmp_path)
 
 
-def test_runner_rejects_float_clips_for_a_uint8_export(run):
-    done = _cli("trainer.infer310.runner", "--model", str(run["export"] / MODEL),
-                "--work", str(run["float_work"]))
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+def test_runner_rejects_float_clips_for_a_uint8_export(run, capsys):
+    assert run_module(runner_cli, ["--model", run["export"] / MODEL,
+                                   "--work", run["float_work"]]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {run['export'] / MODEL} takes uint8 clips but the clips are float32: rerun "
         f"trainer.infer310.preprocess without --float-input, or export with --input float32"]
 
@@ -242,12 +265,11 @@ def test_runner_rejects_non_mindir(run):
         run_clips(run["export"] / f"{MODEL}.json", run["work"])
 
 
-def test_package_refuses_to_replace_another_folder(run, tmp_path):
+def test_package_refuses_to_replace_another_folder(run, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("keep me")
-    done = _cli("trainer.infer310.package", "--model", str(run["export"] / MODEL),
-                "--work", str(run["work"]), "--out", str(tmp_path))
-    assert done.returncode == 2
-    assert done.stderr.startswith(f"error: --out {tmp_path} exists and is not a package")
+    assert run_module(package_cli, ["--model", run["export"] / MODEL, "--work", run["work"],
+                                    "--out", tmp_path]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out {tmp_path} exists and is not a package")
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 

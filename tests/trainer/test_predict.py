@@ -7,18 +7,27 @@ from pathlib import Path
 
 import pytest
 
+import trainer.predict
 from datatools.kinetics import read_csv
 from datatools.schema import LABELS_NAME, read_labels
+from trainer.config import Config, save_config
 from trainer.data import create_dataset
 from trainer.eval import evaluate
 from trainer.precision import inference_network
-from trainer.predict import build_parser, main, split_inputs
+from trainer.predict import split_inputs
 
 from tests.datatools import bad_videos
+from tests.trainer.inprocess import run_module
+
+
+# The module's own networks run eagerly (the trained run left graph mode set); each prediction
+# runs in its config's mode (see config_files).
+pytestmark = [pytest.mark.usefixtures("eager_mode"),
+              pytest.mark.slow]   # learned_run: the demo model trained first
 
 
 def _predict(cfg, ckpt, *args) -> int:
-    return main(build_parser().parse_intermixed_args(["--config", str(cfg), "--ckpt", str(ckpt), *map(str, args)]))
+    return run_module(trainer.predict, ["--config", cfg, "--ckpt", ckpt, *args])
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +38,29 @@ def val_videos(learnable_records):
 
 
 @pytest.fixture(scope="module")
-def config_file(learned_run, tmp_path_factory):
-    from trainer.config import save_config
-    path = tmp_path_factory.mktemp("predict") / "config.yaml"
-    save_config(learned_run.cfg, path)
-    return path
+def config_files(learned_run, tmp_path_factory) -> dict[str, Path]:
+    """The trained run's config per mode. Graph mode compiles a graph per batch shape, then runs
+    fast: worth it for 40 videos of one shape. PyNative starts at once: for one or two videos."""
+    folder = tmp_path_factory.mktemp("predict")
+    paths = {mode: folder / f"{mode}.yaml" for mode in ("graph", "pynative")}
+    for mode, path in paths.items():
+        save_config(Config(learned_run.cfg, mode=mode), path)
+    return paths
 
 
-def test_predict_gives_eval_scores_and_the_true_class_first(learned_run, val_videos, config_file,
+def test_predict_gives_eval_scores_and_the_true_class_first(learned_run, val_videos, config_files,
                                                             tmp_path, capsys):
     cfg, ckpt = learned_run.cfg, learned_run.run_dir / "best.ckpt"
     out = tmp_path / "predictions.jsonl"
-    assert _predict(config_file, ckpt, *[video for video, _ in val_videos], "--out", out, "--top", 2) == 0
+    assert _predict(config_files["graph"], ckpt, *[video for video, _ in val_videos], "--out", out,
+                    "--top", 2) == 0
     printed = capsys.readouterr().out.splitlines()
     predicted = [json.loads(line) for line in out.read_text().splitlines()]
     assert [p["video"] for p in predicted] == [str(video) for video, _ in val_videos]
     assert all(len(p["top"]) == 2 and "windows" not in p for p in predicted)
 
-    # The same videos converted and evaluated: per-video scores agree, not just the argmax.
+    # The same videos converted and evaluated (eagerly, this module's mode): per-video scores
+    # agree, not just the argmax.
     result = evaluate(inference_network(cfg, ckpt), create_dataset(cfg, "val", training=False),
                       cfg.model.num_classes)
     names = read_labels(Path(cfg.data.root) / LABELS_NAME)
@@ -60,7 +74,8 @@ def test_predict_gives_eval_scores_and_the_true_class_first(learned_run, val_vid
     assert hits == round(result["top1"] * len(val_videos)) and result["top1"] >= 0.6
 
 
-def test_windows_cover_the_video_with_their_times(learned_run, val_videos, config_file, tmp_path):
+def test_windows_cover_the_video_with_their_times(learned_run, val_videos, config_files, tmp_path):
+    config_file = config_files["pynative"]
     video = val_videos[0][0]
     out = tmp_path / "windows.jsonl"
     # 16 frames at 25 fps; a clip takes 4 segments x 3 frames = 12, so 0.3 s windows (8 frames)
@@ -73,8 +88,9 @@ def test_windows_cover_the_video_with_their_times(learned_run, val_videos, confi
     assert windows[0]["top"] == json.loads(out.read_text())["top"]   # the whole video, one window
 
 
-def test_bad_videos_are_one_line_each_and_the_rest_predicted(learned_run, val_videos, config_file,
+def test_bad_videos_are_one_line_each_and_the_rest_predicted(learned_run, val_videos, config_files,
                                                              tmp_path, capsys):
+    config_file = config_files["pynative"]
     bad = {
         "missing": tmp_path / "missing.mp4",
         "corrupt": bad_videos.random_bytes(tmp_path / "corrupt.mp4"),

@@ -1,15 +1,17 @@
 """Training on real converted records: bit-exact resume, divergence stop, run folder contents,
-altered samples skipped."""
+altered samples skipped, float16 with loss scaling trains as float32 does.
+
+The tiny runs are eager (``mode=pynative``): a graph compile of the train and eval networks
+costs more than their few steps. Graph mode, the configs' default, trains the run-folder and
+bit-exact resume runs, the overflow stop and the demo model (``learned_run``)."""
 import json
-import logging
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import mindspore as ms
 import numpy as np
@@ -17,13 +19,17 @@ import pytest
 
 from trainer.config import load_config
 from trainer.rundir import RunDir
-from trainer.train import TooManyBadSamples, TrainingDiverged, train
+from trainer.train import MAX_CONSECUTIVE_SKIPS, TooManyBadSamples, TrainingDiverged, train
 
-from tests.trainer.conftest import LEARN_VAL_PER_CLASS
+from tests.trainer.conftest import LEARN_VAL_PER_CLASS, finetune_config, logged
 from tests.trainer.test_config import DEMO, REPO
 
 TINY = ["model.width=8", "data.batch_size=4", "train.lr_schedule=step", "train.lr_milestones=[1]",
-        "train.warmup_epochs=0", "train.lr=0.02", "train.log_interval=2", "train.eval_interval=100"]
+        "train.warmup_epochs=0", "train.lr=0.02", "train.log_interval=2", "train.eval_interval=100",
+        "mode=pynative"]
+
+
+pytestmark = pytest.mark.slow   # tiny training runs, one of them graph mode
 
 
 def _config(tiny_records, out, name, *overrides):
@@ -35,24 +41,11 @@ def _state(path):
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
 
 
-@contextmanager
-def _messages(name: str) -> Iterator[list[str]]:
-    """What logger ``name`` says meanwhile (train() replaces the root handlers, caplog's too)."""
-    messages: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logging.getLogger(name).addHandler(handler)
-    try:
-        yield messages
-    finally:
-        logging.getLogger(name).removeHandler(handler)
-
-
 @pytest.fixture(scope="module")
 def straight_run(tiny_records, tmp_path_factory):
-    """Two epochs without a stop: the reference for the resume test."""
+    """Two epochs without a stop, in graph mode: the reference for the resume test."""
     out = tmp_path_factory.mktemp("runs")
-    metrics = train(_config(tiny_records, out, "straight", "train.epochs=2"))
+    metrics = train(_config(tiny_records, out, "straight", "train.epochs=2", "mode=graph"))
     return out / "straight", metrics
 
 
@@ -83,10 +76,13 @@ def _copy(run_dir: Path, out: Path, name: str) -> Path:
     return out / name
 
 
-def test_resume_after_a_stop_is_bit_exact(straight_run, one_epoch_run, tiny_records, tmp_path):
-    _copy(one_epoch_run, tmp_path, "stopped")
-    train(_config(tiny_records, tmp_path, "stopped", "train.epochs=2", "train.resume=auto"))
-    resumed = _state(RunDir(tmp_path / "stopped").latest_checkpoint())
+def test_resume_after_a_stop_is_bit_exact(straight_run, tiny_records, tmp_path):
+    """Epoch 2 resumed from the straight run's epoch-1 checkpoint (as a run stopped there would
+    be) ends on the same tensors: weights, BN statistics, momentum, step counters."""
+    stopped_at = straight_run[0] / "checkpoints" / "epoch-0001.ckpt"
+    train(_config(tiny_records, tmp_path, "resumed", "train.epochs=2", "mode=graph",
+                  f"train.resume={stopped_at}"))
+    resumed = _state(RunDir(tmp_path / "resumed").latest_checkpoint())
     straight = _state(RunDir(straight_run[0]).latest_checkpoint())
     assert resumed.keys() == straight.keys()
     assert int(resumed["epoch"]) == 2 and int(resumed["step"]) == 8
@@ -107,7 +103,7 @@ def test_a_reused_run_name_is_refused_and_a_finished_run_left_alone(one_epoch_ru
     with pytest.raises(ValueError, match=r"already holds a run .*: resume it with train.resume=auto, "
                                          r"start another with a new name=, or replace it"):
         train(_config(tiny_records, tmp_path, "again", "train.epochs=1"))
-    with _messages("trainer.train") as messages:
+    with logged("trainer.train") as messages:
         assert train(_config(tiny_records, tmp_path, "again", "train.epochs=1",
                              "train.resume=auto")) == {}
     assert sum("is finished: " in m and "holds epoch 1 of train.epochs=1" in m for m in messages) == 1
@@ -150,7 +146,7 @@ def test_resume_with_another_batch_size_recomputes_the_step(one_epoch_run, tiny_
     run_dir = _copy(one_epoch_run, tmp_path, "rebatch")
     # Epoch 1 took 4 steps at batch 4; at batch 2 an epoch is 8 steps, so epoch 2 is steps 9..16
     # (the step decay at epoch 1 gives them lr 0.002).
-    with _messages("trainer.checkpoint") as messages:
+    with logged("trainer.checkpoint") as messages:
         train(_config(tiny_records, tmp_path, "rebatch", "train.epochs=2", "train.resume=auto",
                       "data.batch_size=2"))
     assert sum(m.endswith("step count recomputed: 1 epochs x 8 steps = 8") for m in messages) == 1
@@ -168,7 +164,7 @@ def test_resume_with_another_batch_size_recomputes_the_step(one_epoch_run, tiny_
 
 
 def test_altered_samples_are_skipped_counted_and_logged_once(altered_records, tmp_path):
-    with _messages("trainer.train") as messages:
+    with logged("trainer.train") as messages:
         train(_config(altered_records, tmp_path, "altered", "train.epochs=2"))
     windows, evaluations = RunDir(tmp_path / "altered").read_log()
     assert [sum(w["bad_samples"] for w in windows if w["epoch"] == e) for e in (1, 2)] == [2, 2]
@@ -219,18 +215,49 @@ def test_plot_does_not_import_mindspore():
     assert result.stdout.strip() == "[]"
 
 
-def test_o2_demo_epoch_loss_tracks_o0(learnable_records, tmp_path):
-    """Mixed precision with loss scaling trains like float32 (before the fix O2 took 1024x steps
-    and ended a demo epoch at loss 37.8 against 2.03)."""
-    losses = {}
-    for level in ("O0", "O2"):
-        train(load_config(DEMO, [f"data.root={learnable_records}", f"train.output_dir={tmp_path}",
-                                f"name={level}", "train.epochs=1", "data.batch_size=8", "train.lr=0.01",
-                                "train.eval_interval=100", "train.warmup_epochs=0",
-                                f"train.amp_level={level}"]))
-        records = [json.loads(line) for line in RunDir(tmp_path / level).log.read_text().splitlines()]
-        steps = [r for r in records if "loss" in r]
-        losses[level] = steps[-1]["loss"]
-        if level == "O2":
-            assert steps[-1]["loss_scale"] >= 1 and all("skipped_steps" in r for r in steps)
-    assert losses["O0"] / 1.5 <= losses["O2"] <= losses["O0"] * 1.5, losses
+def _losses(run_dir: Path) -> list[dict]:
+    """The run's log windows (one per step here), in order."""
+    windows, _ = RunDir(run_dir).read_log()
+    return windows
+
+
+def test_o2_fine_tuning_tracks_o0_step_by_step(finetuned_run, two_class_records, tmp_path):
+    """Mixed precision with loss scaling trains like float32: the demo model fine-tuned in O2
+    takes O0's steps (before the fix O2 took 1024x steps and ended a demo epoch at loss 37.8
+    against 2.03).
+
+    From trained weights float16 rounding stays small (from scratch it compounds through the 50
+    layers, and BatchNorm statistics of a few steps overflow float16 at eval), so each step's
+    loss is compared: an O2 that skipped its updates, or applied them 1024x too large or too
+    small, leaves O0's path at the first update. Both losses fall from a fresh 2-class
+    classifier's ~ln 2 to below half of it."""
+    pretrained, out = finetuned_run.pretrained, tmp_path
+    train(finetune_config(two_class_records, pretrained, out, "O2", "train.amp_level=O2"))
+    o0, o2 = _losses(finetuned_run.run_dir), _losses(out / "O2")
+    assert [w["step"] for w in o2] == [w["step"] for w in o0] == [1, 2, 3, 4, 5, 6]
+    assert [w["skipped_steps"] for w in o2] == [0] * 6, o2
+    assert all(w["loss_scale"] == 1024.0 for w in o2)   # dynamic: no overflow, window 2000
+    for run in (o0, o2):
+        first, late = run[0]["loss"], float(np.mean([w["loss"] for w in run[-3:]]))
+        assert late < 0.5 * math.log(2) < first, [w["loss"] for w in run]
+    pairs = [(a["loss"], b["loss"]) for a, b in zip(o0, o2)]
+    assert all(abs(b - a) <= 0.05 * a for a, b in pairs), pairs
+
+
+def test_32_overflowing_steps_in_a_row_stop_the_run_across_epochs(tiny_records, tmp_path):
+    """A fixed loss scale of 3e38 overflows every float16 backward pass: every step is skipped.
+    At batch 1 an epoch is 16 steps, so the 32 in a row span an epoch's end, where epoch 1 is
+    saved (finite, if untrained); step 32 stops the run, before any evaluation."""
+    assert MAX_CONSECUTIVE_SKIPS == 32   # the README's number
+    cfg = _config(tiny_records, tmp_path, "overflow", "mode=graph", "model.width=4",
+                  "data.batch_size=1", "train.epochs=3", "train.amp_level=O2",
+                  "train.loss_scale_manager=fixed", "train.loss_scale=3e38", "train.log_interval=16")
+    with pytest.raises(TrainingDiverged, match=r"^train stopped at epoch 2 step 32: 32 consecutive "
+                                               r"steps overflowed \(loss [0-9.]+, loss scale 3e\+38\); "
+                                               r"the last good checkpoint is "
+                                               r"checkpoints/epoch-0001\.ckpt$"):
+        train(cfg)
+    run = RunDir(tmp_path / "overflow")
+    windows, evaluations = run.read_log()
+    assert [(w["step"], w["skipped_steps"]) for w in windows] == [(16, 16)] and not evaluations
+    assert [p.name for p in run.epoch_checkpoints()] == ["epoch-0001.ckpt"]

@@ -18,6 +18,8 @@ from trainer.train_step import MaskedCrossEntropy, build_train_cell, run_step
 
 from tests.trainer.test_config import DEMO
 
+pytestmark = pytest.mark.usefixtures("eager_mode")
+
 SEGMENTS, CLASSES = 3, 4
 SETTINGS = ["train.weight_decay=0.0", f"model.num_classes={CLASSES}"]
 LR = np.full(4, 0.05, np.float32)
