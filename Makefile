@@ -55,9 +55,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # The whole suite (CI runs it; pytest.ini lists the 15 slowest tests at the end), and the inner
 # loop: everything but the tests marked slow (training runs, msrun jobs, Dask clusters).
 # TEST_WORKERS pytest-xdist processes, each given whole test files (their module fixtures are built
-# once); on 2 cores 2 workers take the suite from ~12 to ~6 minutes.
+# once) and all the tests of the trained demo model (tests/conftest.py groups them).
 TEST_WORKERS ?= 2
-PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 test: setup
 	$(PYTEST) tests
 

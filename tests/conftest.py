@@ -165,3 +165,14 @@ def bucket(env) -> str:
     resp = ObsClient(server=env, security_provider_policy="ENV", max_retry_count=0).createBucket(name)
     assert resp.status == 200, (resp.status, resp.errorCode)
     return name
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup`` (make test): a file's tests run on one worker,
+    so its module fixtures are built once, and every test needing ``learned_run`` (the demo model
+    trained for 6 epochs, the suite's costliest fixture) runs on one worker, so it is trained once."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = "learned_run" if "learned_run" in getattr(item, "fixturenames", ()) else \
+                item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
