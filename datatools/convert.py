@@ -84,7 +84,7 @@ class _Resume:
 
 def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: str | Path,
             out_dir: str | Path, settings: Settings, workers: int = 1, backend: str = "loky",
-            decode_threads: int = 0, video_list: str | None = None, scheduler: str | None = None,
+            decode_threads: int = 1, video_list: str | None = None, scheduler: str | None = None,
             upload: SplitPush | None = None, auto_pages: PageRange = AUTO_PAGES) -> ConvertResult:
     """Convert one split of ``csv_path`` or, with ``csv_path=None``, of ``video_list`` (a
     ``datatools.lists`` spec); see the module docstring. ``backend="dask"`` runs the tasks on the
@@ -320,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "credentials from OBS_ACCESS_KEY_ID/OBS_SECRET_ACCESS_KEY[/OBS_SECURITY_TOKEN]")
     p.add_argument("--endpoint", default=None,
                    help="OBS endpoint for --upload (default: $OBS_ENDPOINT)")
-    p.add_argument("--decode-threads", type=non_negative_int, default=0,
-                   help="PyAV decoder threads per worker (0: FFmpeg decides)")
+    p.add_argument("--decode-threads", type=non_negative_int, default=1,
+                   help="PyAV decoder threads per worker (default 1: the least CPU a video when "
+                        "the workers fill the cores; 0: FFmpeg decides)")
     return p
 
 

@@ -67,7 +67,7 @@ class ShardTask:
     videos: tuple[VideoTask, ...]
     settings: Settings
     labels_sha256: str
-    decode_threads: int = 0
+    decode_threads: int = 1
 
 
 def assign_shards(labels: Sequence[int], videos_per_shard: int, seed: int) -> list[int]:
@@ -90,7 +90,7 @@ def assign_shards(labels: Sequence[int], videos_per_shard: int, seed: int) -> li
 
 def plan_shards(entries: Sequence[Entry], class_index: dict[str, int], videos_root: str | Path,
                 out_dir: str | Path, settings: Settings, labels_sha256: str,
-                decode_threads: int = 0) -> tuple[list[ShardTask], list[tuple[int, ManifestRow]]]:
+                decode_threads: int = 1) -> tuple[list[ShardTask], list[tuple[int, ManifestRow]]]:
     """Shard tasks plus the (entry order, row) of entries that fail before any decoding.
 
     Assignment depends only on the entries and the labels (not on which files exist), so a

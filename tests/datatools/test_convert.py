@@ -61,7 +61,9 @@ def test_every_bad_input_is_a_failed_row_with_a_reason(bad_run):
     assert reasons["missing"] == "missing file"
     assert reasons["zero"] == "empty file: 0 bytes"
     assert reasons["random"].startswith("cannot open: ")
-    assert reasons["trunc"].startswith("truncated: decoded ")
+    # Which check fires depends on the decoder's threads: a threaded decoder drops the cut frame
+    # (a short count), one thread reports its error.
+    assert reasons["trunc"].startswith(("truncated: decoded ", "truncated: decode error after "))
     assert reasons["truncmoov"] in ("no video stream", "cannot open: Invalid data found when processing input")
     assert reasons["audio"] == "no video stream"
     assert reasons["noframes"].startswith("no frames decoded")
