@@ -2,7 +2,8 @@
 
 ``--videos DIR`` of the benchmarks takes any folder: every file below it with a video extension
 (``datatools.lists.VIDEO_SUFFIXES``), in any layout. The videos reach ``datatools.convert`` as a
-video list; without ``--videos`` a benchmark makes synthetic ones (``datatools.synth``).
+video list; without ``--videos`` a benchmark makes synthetic ones (``datatools.synth``). Either
+way they are converted with ``bench_settings``: the converter's defaults, the codec always named.
 
 The reference storage is the model zoo's ``video2pkl.py`` (research/cv/stnet/src): one pickle per
 video written with ``pickle.dump((vid, label, ims), f, protocol=2)``, ``ims`` the JPEG bytes of
@@ -12,6 +13,7 @@ each bytes object as latin-1 text re-encoded as UTF-8, so a pickle is ~1.5 times
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 from datatools.convert import convert
@@ -22,10 +24,20 @@ from datatools.manifest import Settings
 from datatools.schema import LABELS_NAME
 from datatools.synth import SynthSpec, make_dataset
 
-__all__ = ["ZOO_PROTOCOL", "find_videos", "write_video_list", "convert_footage", "convert_synthetic",
-           "dump_zoo_pickle", "load_zoo_pickle"]
+__all__ = ["ZOO_PROTOCOL", "bench_settings", "find_videos", "write_video_list", "convert_footage",
+           "convert_synthetic", "dump_zoo_pickle", "load_zoo_pickle"]
 
 ZOO_PROTOCOL = 2
+
+
+def bench_settings(codec: str, **changes) -> Settings:
+    """What the benchmarks convert with: short side 256, JPEG q90 4:2:0 or h264 at the
+    converter's x264 defaults, 64 videos a shard. The codec is always given: the converter's
+    default codec is not what a JPEG row measures."""
+    settings = replace(Settings(short_side=256, quality=90, max_fps=None, videos_per_shard=64, seed=0,
+                                codec=codec), **changes)
+    settings.check()
+    return settings
 
 
 def find_videos(root: Path) -> list[Path]:
@@ -60,13 +72,16 @@ def convert_footage(videos: Path, work: Path, settings: Settings, workers: int =
 
 
 def convert_synthetic(work: Path, classes: int, per_class: int, spec: SynthSpec, settings: Settings,
-                      workers: int = 1) -> Path:
-    """``classes * per_class`` videos of datatools.synth made under ``work/source`` and converted
-    into ``work/records/train``; that folder."""
-    split = work / "records" / "train"
-    csv_path, _ = make_dataset(work / "source", classes, per_class, 0, seed=0, spec=spec)
+                      workers: int = 1, source: Path | None = None) -> Path:
+    """``classes * per_class`` videos of datatools.synth made under ``source`` (default
+    ``work/source``; kept if made there already, so two splits can share them) and converted into
+    ``work/records/train``; that folder."""
+    split, source = work / "records" / "train", source or work / "source"
+    csv_path = source / "train.csv"
+    if not csv_path.is_file():
+        csv_path, _ = make_dataset(source, classes, per_class, 0, seed=0, spec=spec)
     labels = write_labels(class_names(e.label for e in read_csv(csv_path)), split.parent / LABELS_NAME)
-    convert(csv_path, work / "source" / "videos", labels, split, settings, workers=workers)
+    convert(csv_path, source / "videos", labels, split, settings, workers=workers)
     return split
 
 

@@ -1,19 +1,30 @@
-"""Training-clip throughput of trainer.data against the model zoo's loader and the decode limit.
+"""Training-clip CPU of trainer.data for JPEG and h264 records, against each codec's decode limit,
+the model zoo's loader and the mp4 peer users pick instead, on the same videos.
 
-Three ways to make the same training clips (T×N frames sampled by ``ClipSampler``, one random
-crop and flip, normalized) from the same JPEG frames of a converted split:
+The same training clips (T×N frames sampled by ``ClipSampler``, one random crop and flip) made by:
 
-- ``records``: this project: MindDataset over the shards + the ``TrainClips`` map op
-  (simplejpeg, decode only the sampled frames).
-- ``reference``: the model zoo's way: one pickle per video of its JPEG bytes as its video2pkl.py
-  wrote them (protocol 2, ``benchmarks/footage.py``), read by a ``GeneratorDataset``, decoded with
-  PIL, cropped/flipped per image with PIL.
-- ``decode limit``: only the T×N simplejpeg decodes of each clip, no dataset, no crop.
+- ``<codec> records``: this project: MindDataset over the shards + the ``TrainClips`` map op
+  (only the sampled frames decoded, through ``datatools.frames``; the codec is the split's stored
+  setting);
+- ``<codec> decode limit``: only the decodes of each clip through the same interface
+  (``datatools.frames.stored_frames`` of the codec the split's manifest names): the T×N JPEGs,
+  or each segment's h264 run from its keyframe, converted to RGB as far as the crop; no dataset,
+  no checksum, no crop copy;
+- ``peer mp4``: the same videos as 256p mp4 files (libx264 defaults, a keyframe every 16
+  frames: MMAction2's resized videos), each clip read as MMAction2's PyAV decoder reads it
+  (``benchmarks/peer.py``), in a plain loop: no dataset (the peer's own pipeline is not counted);
+- ``reference`` (JPEG splits): the model zoo's way: one pickle per video of its JPEG bytes as its
+  video2pkl.py wrote them (protocol 2, ``benchmarks/footage.py``), read by a
+  ``GeneratorDataset``, decoded with PIL, cropped/flipped per image with PIL, normalized.
 
-The split is ``--records`` (a converted split), or ``--videos DIR`` (every video file below it)
-converted first, or by default 24 synthetic videos (150 frames at 340x256) converted first. Each
-pipeline runs one map worker thread, so clips/s is per core; clips per CPU-second (process CPU
-time) is reported too. Figures are medians over ``--repeats`` passes over the videos.
+The videos are ``--videos DIR`` (every video file below it) or by default 24 synthetic videos (150
+frames at 340x256), converted twice, JPEG q90 and h264 (crf 18, GOP 8: the converter's
+settings), or ``--records SPLIT``, a split converted already, measured in its own codec (the
+peer is made from the sources its manifest names, when they are still there). A pass goes over
+the videos until it has made ``--clips`` clips; every pipeline runs one map worker thread, so
+clips/s is per core, and clips per CPU-second (process CPU time) is the per-core figure a loaded
+machine keeps. The pipelines run interleaved, one pass each per repeat; ratios are medians over
+``--repeats`` of each repeat's ratio.
 
     python -m benchmarks.loader [--videos ~/my_clips | --records records/k400/train] [--repeats 5]
 """
@@ -21,38 +32,76 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import statistics
 import sys
 import tempfile
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
 import mindspore.dataset as ds
 import numpy as np
-import simplejpeg
 from PIL import Image
 
-from benchmarks.footage import convert_footage, convert_synthetic, dump_zoo_pickle, load_zoo_pickle
+from benchmarks.footage import (bench_settings, convert_footage, convert_synthetic, dump_zoo_pickle,
+                                find_videos, load_zoo_pickle)
+from benchmarks.peer import PeerClips, peer_from_video
 from datatools.cli import positive_int, run_cli
-from datatools.manifest import Settings
+from datatools.manifest import H264, JPEG, STATUS_OK, Settings, read_manifest, read_settings
 from datatools.schema import FRAMES, LABEL, NUM_FRAMES, OFFSETS, frame_bytes
 from datatools.synth import SynthSpec
 from trainer.config import Config, load_config
-from trainer.data import MEAN, STD, ClipSampler, create_dataset, records
+from trainer.data import MEAN, STD, ClipDecoder, ClipSampler, clip_decoder, create_dataset, records
 from trainer.heap import keep_large_buffers
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "stnet_r50_k400.yaml"
-# datatools.convert's defaults, as the README's recipe converts
-SETTINGS = Settings(short_side=256, quality=90, max_fps=None, videos_per_shard=64, seed=0)
 SYNTH_CLASSES, SYNTH_PER_CLASS, SYNTH_SPEC = 4, 6, SynthSpec(num_frames=150, width=340, height=256)
+PEER, REFERENCE = "peer mp4", "reference"
 
 
 def bench_config(split_dir: Path, seed: int) -> Config:
     """The reference recipe's clip (T=7, N=5, short side 256, crop 224), one worker thread."""
     return load_config(RECIPE, [f"data.root={split_dir.parent}", f"data.train_split={split_dir.name}",
                                 "data.batch_size=1", "data.num_workers=1", f"seed={seed}"])
+
+
+@dataclass
+class Split:
+    """A converted split under test: its config, its clip decoder (the codec from its manifest)
+    and its videos' frame blobs."""
+
+    cfg: Config
+    decoder: ClipDecoder
+    videos: list[tuple[memoryview, np.ndarray]]
+    sources: list[Path]         # the source of each converted video, as the manifest names it
+    settings: Settings | None   # as stored (None: a manifest without them)
+
+    @classmethod
+    def open(cls, folder: Path, seed: int) -> "Split":
+        cfg = bench_config(folder, seed)
+        table = read_manifest(folder)
+        ok = [s for s, status in zip(table.column("source").to_pylist(), table.column("status").to_pylist())
+              if status == STATUS_OK]
+        rows = records(cfg, "train", training=False).create_dict_iterator(num_epochs=1, output_numpy=True)
+        videos = [(memoryview(r[FRAMES].tobytes()), r[OFFSETS]) for r in rows]
+        return cls(cfg, clip_decoder(cfg, "train", cfg.data.crop_size), videos, [Path(s) for s in ok],
+                   read_settings(table))
+
+    @property
+    def codec(self) -> str:
+        return self.decoder.frames.codec
+
+    @property
+    def frames(self) -> int:
+        return sum(len(offsets) - 1 for _, offsets in self.videos)
+
+    @property
+    def frame_bytes(self) -> int:
+        return sum(int(offsets[-1]) for _, offsets in self.videos)
 
 
 def write_pickles(cfg: Config, out: Path) -> tuple[list[Path], int, int]:
@@ -127,88 +176,192 @@ def _rows(dataset: ds.Dataset) -> Iterator:
     yield from dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
 
 
-def run_records(cfg: Config, epoch: int) -> Iterator:
-    yield from _rows(create_dataset(cfg, "train", training=True, epoch=epoch))
+def run_records(cfg: Config, epoch: int, rounds: int) -> Iterator:
+    """The trainer's pipeline for ``epoch``, over the split ``rounds`` times."""
+    yield from _rows(create_dataset(cfg, "train", training=True, epoch=epoch).repeat(rounds))
 
 
-def run_reference(cfg: Config, pickles: list[Path], epoch: int) -> Iterator:
+def run_reference(split: Split, pickles: list[Path], epoch: int, rounds: int) -> Iterator:
+    """The model zoo's pipeline, frames scaled to the short side our loader scales them to."""
+    cfg = split.cfg
     op = ReferenceClips(ClipSampler(cfg.data.num_segments, cfg.data.frames_per_segment),
-                        cfg.data.short_side, cfg.data.crop_size, seed=cfg.seed + epoch)
-    source = ds.GeneratorDataset([(np.array(str(p)),) for p in pickles], ["path"], shuffle=True)
+                        split.decoder.short_side, cfg.data.crop_size, seed=cfg.seed + epoch)
+    source = ds.GeneratorDataset([(np.array(str(p)),) for p in pickles * rounds], ["path"], shuffle=True)
     data = source.map(op, input_columns=["path"], output_columns=["clip", "label"],
                       num_parallel_workers=1, python_multiprocessing=False)
     yield from _rows(data.batch(1))
 
 
-def run_decode_limit(cfg: Config, videos: list[tuple[memoryview, np.ndarray]], epoch: int) -> Iterator:
+def run_decode_limit(split: Split, epoch: int, rounds: int) -> Iterator:
+    """Only the decodes of each clip, through ``datatools.frames`` (the split's codec): the
+    distinct sampled frames in ascending order, each converted only as far as the clip's random
+    crop box where the loader needs no scaling (as ``ClipDecoder.views`` decodes), whole otherwise."""
+    cfg, decoder, frames = split.cfg, split.decoder, split.decoder.frames
     sampler = ClipSampler(cfg.data.num_segments, cfg.data.frames_per_segment)
-    rng = np.random.default_rng([cfg.seed, epoch])
-    for blob, offsets in videos:
-        yield [simplejpeg.decode_jpeg(frame_bytes(blob, offsets, int(i)), fastdct=True, fastupsample=True)
-               for i in sampler.train_indices(len(offsets) - 1, rng).ravel()]
+    rng, crop = np.random.default_rng([cfg.seed, epoch]), cfg.data.crop_size
+    for _ in range(rounds):
+        for blob, offsets in split.videos:
+            order = sorted(set(sampler.train_indices(len(offsets) - 1, rng).ravel().tolist()))
+            size = frames.size(blob, offsets, order[0])
+            region = None
+            if decoder.scaled_size(*size) == size:
+                top, left = int(rng.integers(0, size[0] - crop + 1)), int(rng.integers(0, size[1] - crop + 1))
+                region = (top, left, crop, crop)
+            yield sum(1 for _ in frames.decode(blob, offsets, order, region))
+
+
+def run_peer(reader: PeerClips, peers: list[Path], seed: int, epoch: int, rounds: int) -> Iterator:
+    """MMAction2's PyAVInit + decode per clip: the file's bytes read, then the clip."""
+    for r in range(rounds):
+        for path in peers:
+            yield reader(path.read_bytes(), np.random.default_rng([seed, epoch, r, zlib.crc32(path.name.encode())]))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.split("\n\n")[0])
     source = p.add_mutually_exclusive_group()
     source.add_argument("--videos", type=Path, default=None,
-                        help="a folder of your own videos (every video file below it), converted first")
+                        help="a folder of your own videos (every video file below it), converted first, "
+                             "JPEG and h264")
     source.add_argument("--records", type=Path, default=None,
-                        help="a converted split folder (datatools.convert --out)")
+                        help="a converted split folder (datatools.convert --out), measured in its codec")
     p.add_argument("--repeats", type=positive_int, default=5, help="passes per pipeline (median)")
+    p.add_argument("--clips", type=positive_int, default=24,
+                   help="clips per pass at least: the videos are gone over as many times as it takes")
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def _splits(args: argparse.Namespace, tmp: Path) -> list[Path]:
+    if args.records is not None:
+        return [args.records]
+    made = []
+    for codec in (JPEG, H264):
+        settings = bench_settings(codec)
+        made.append(convert_footage(args.videos, tmp / codec, settings) if args.videos else
+                    convert_synthetic(tmp / codec, SYNTH_CLASSES, SYNTH_PER_CLASS, SYNTH_SPEC, settings,
+                                      source=tmp / "source"))
+    return made
+
+
+def _peers(split: Split, out: Path) -> list[Path]:
+    """The peer of each of the split's sources that is still there (none if one is missing)."""
+    if not split.sources or not all(s.is_file() for s in split.sources):
+        return []
+    out.mkdir()
+    stored = split.settings
+    short, max_fps = (stored.short_side, stored.max_fps) if stored else (split.decoder.short_side, None)
+    paths = [out / f"{i:06d}.mp4" for i in range(len(split.sources))]
+    for source, path in zip(split.sources, paths):
+        peer_from_video(source, path, short, max_fps)
+    return paths
+
+
+@dataclass
+class Pipeline:
+    run: Callable[[int], Iterator]
+    stored: int         # bytes a clip reads: its whole video (a record's frames, a pickle, an mp4)
+    frames: int         # frames stored, over the videos
+    videos: int
 
 
 def main(args: argparse.Namespace) -> int:
     if args.records is not None and not args.records.is_dir():
         raise FileNotFoundError(f"--records not found: {args.records} (convert a split first)")
+    if args.videos is not None:
+        find_videos(args.videos)        # a clear error before any work
     keep_large_buffers()        # as trainer.runtime does first thing: before any thread's arena
     ds.config.set_num_parallel_workers(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        split = args.records or (convert_footage(args.videos, tmp, SETTINGS) if args.videos else
-                                 convert_synthetic(tmp, SYNTH_CLASSES, SYNTH_PER_CLASS, SYNTH_SPEC, SETTINGS))
-        cfg = bench_config(split, args.seed)
-        (tmp / "pickles").mkdir()
-        pickles, pickle_bytes, jpeg_bytes = write_pickles(cfg, tmp / "pickles")
-        videos = [(memoryview(r[FRAMES].tobytes()), r[OFFSETS]) for r in records(
-            cfg, "train", training=False).create_dict_iterator(num_epochs=1, output_numpy=True)]
-        pipelines = {
-            "records (MindDataset + simplejpeg)": lambda e: run_records(cfg, e),
-            "reference (pickle + PIL, GeneratorDataset)": lambda e: run_reference(cfg, pickles, e),
-            "decode limit (T*N simplejpeg decodes)": lambda e: run_decode_limit(cfg, videos, e),
-        }
-        for run in pipelines.values():
-            sum(1 for _ in run(0))  # warm-up: page cache, thread pools
+        splits = [Split.open(folder, args.seed) for folder in _splits(args, tmp)]
+        count = len(splits[0].videos)
+        rounds = math.ceil(max(args.clips, 2) / count)     # a pass's rate is after its first clip
+        pipelines: dict[str, Pipeline] = {}
+        for s in splits:
+            pipelines[_records(s.codec)] = Pipeline(
+                lambda e, s=s: run_records(s.cfg, e, rounds), s.frame_bytes, s.frames, len(s.videos))
+            pipelines[f"{s.codec} decode limit"] = Pipeline(
+                lambda e, s=s: run_decode_limit(s, e, rounds), s.frame_bytes, s.frames, len(s.videos))
+        notes = []
+        peers = _peers(splits[0], tmp / "peer")
+        if peers:
+            cfg = splits[0].cfg
+            reader = PeerClips(ClipSampler(cfg.data.num_segments, cfg.data.frames_per_segment),
+                               splits[0].decoder.short_side, cfg.data.crop_size)
+            pipelines[PEER] = Pipeline(lambda e: run_peer(reader, peers, args.seed, e, rounds),
+                                       sum(p.stat().st_size for p in peers), splits[0].frames, len(peers))
+        else:
+            notes.append("peer mp4 skipped: the split's manifest names sources that are not there")
+        jpeg = next((s for s in splits if s.codec == JPEG), None)
+        if jpeg is not None:
+            (tmp / "pickles").mkdir()
+            pickles, pickle_bytes, _ = write_pickles(jpeg.cfg, tmp / "pickles")
+            pipelines[REFERENCE] = Pipeline(lambda e: run_reference(jpeg, pickles, e, rounds),
+                                            pickle_bytes, jpeg.frames, len(pickles))
+        else:
+            notes.append("reference (pickle + PIL) skipped: the model zoo stores JPEG, this split is "
+                         f"{splits[0].codec}")
+        for pipeline in pipelines.values():
+            sum(1 for _ in pipeline.run(0))     # warm-up: page cache, thread pools
         # Passes interleaved (one of each pipeline per repeat), so the machine's load moves all alike.
         passes = {name: [] for name in pipelines}
         for epoch in range(1, args.repeats + 1):
-            for name, run in pipelines.items():
-                passes[name].append(_timed(run(epoch)))
-        results = {}
-        for name, timed in passes.items():
-            results[name] = r = Rates(*(statistics.median(getattr(p, f.name) for p in timed)
-                                        for f in fields(Rates)))
-            print(f"{name}: {r.steady_wall:.2f} clips/s, {r.steady_cpu:.2f} clips/CPU-s after the first "
-                  f"clip of a pass; {r.wall:.2f} clips/s, {r.cpu:.2f} clips/CPU-s over the pass", flush=True)
-    first = videos[0][1]
+            for name, pipeline in pipelines.items():
+                passes[name].append(_timed(pipeline.run(epoch)))
+    first = splits[0].videos[0][1]
     source = args.records or args.videos or f"synthetic, {SYNTH_SPEC.width}x{SYNTH_SPEC.height}"
-    print(f"{len(videos)} videos ({source}), clip T={cfg.data.num_segments} N={cfg.data.frames_per_segment} "
-          f"crop={cfg.data.crop_size}, {len(first) - 1} frames in the first video, "
-          f"{args.repeats} passes, 1 worker thread")
-    print(f"reference pickles (protocol 2): {pickle_bytes / 1e6:.1f} MB for {jpeg_bytes / 1e6:.1f} MB of "
-          f"JPEG ({pickle_bytes / jpeg_bytes:.2f}x)")
-    ours, ref, limit = passes.values()
-    for what, wall, cpu in (("after the first clip", "steady_wall", "steady_cpu"),
-                            ("whole passes", "wall", "cpu")):
-        def ratio(a: list[Rates], b: list[Rates], field: str) -> float:
-            """Median over repeats of one repeat's ratio (its passes ran back to back)."""
-            return statistics.median(getattr(x, field) / getattr(y, field) for x, y in zip(a, b))
-        print(f"{what}: records/reference = {ratio(ours, ref, wall):.2f}x wall, "
-              f"{ratio(ours, ref, cpu):.2f}x CPU; records/decode limit = {ratio(ours, limit, wall):.2f} "
-              f"wall, {ratio(ours, limit, cpu):.2f} CPU (medians of per-repeat ratios)")
+    cfg = splits[0].cfg
+    print(f"{count} videos ({source}), {len(first) - 1} frames in the first; clip T={cfg.data.num_segments} "
+          f"N={cfg.data.frames_per_segment} crop={cfg.data.crop_size}; {rounds * count} clips a pass, "
+          f"{args.repeats} passes, 1 worker thread; medians")
+    for note in notes:
+        print(note)
+    _print_pipelines(pipelines, passes)
+    _print_ratios(pipelines, passes, [s.codec for s in splits])
     return 0
+
+
+def _records(codec: str) -> str:
+    return f"{codec} records"
+
+
+def _median(passes: list[Rates]) -> Rates:
+    return Rates(*(statistics.median(getattr(p, f.name) for p in passes) for f in fields(Rates)))
+
+
+def _print_pipelines(pipelines: dict[str, Pipeline], passes: dict[str, list[Rates]]) -> None:
+    print("\n| pipeline | KB/frame | KB read/clip | clips/s (wall) | clips/CPU-s | CPU ms/clip | "
+          "CPU ms/clip, whole passes |")
+    print("|---|---|---|---|---|---|---|")
+    for name, p in pipelines.items():
+        r = _median(passes[name])
+        print(f"| {name} | {p.stored / p.frames / 1e3:.1f} | {p.stored / p.videos / 1e3:.0f} | "
+              f"{r.steady_wall:.1f} | {r.steady_cpu:.1f} | {1e3 / r.steady_cpu:.1f} | {1e3 / r.cpu:.1f} |")
+
+
+def _print_ratios(pipelines: dict[str, Pipeline], passes: dict[str, list[Rates]], codecs: list[str]) -> None:
+    """a/b of CPU per clip (after a pass's first clip, and over whole passes) and of bytes."""
+    pairs = [(_records(c), f"{c} decode limit") for c in codecs]
+    if JPEG in codecs:
+        pairs.append((_records(JPEG), REFERENCE))
+    if len(codecs) == 2:
+        pairs.append((_records(H264), _records(JPEG)))
+    pairs += [(_records(c), PEER) for c in reversed(codecs)]
+    print("\n| a / b (medians of per-repeat ratios) | CPU per clip | CPU per clip, whole passes | "
+          "wall per clip | bytes |")
+    print("|---|---|---|---|---|")
+    for a, b in pairs:
+        if a not in passes or b not in passes:
+            continue
+
+        def ratio(field: str) -> float:
+            """b's clips per unit over a's in each repeat (their passes ran back to back): a's
+            cost per clip over b's."""
+            return statistics.median(getattr(y, field) / getattr(x, field) for x, y in zip(passes[a], passes[b]))
+        bytes_ratio = (pipelines[a].stored / pipelines[a].videos) / (pipelines[b].stored / pipelines[b].videos)
+        print(f"| {a} / {b} | {ratio('steady_cpu'):.2f} | {ratio('cpu'):.2f} | {ratio('steady_wall'):.2f} "
+              f"| {bytes_ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.footage import convert_footage, convert_synthetic
+from benchmarks.footage import bench_settings, convert_footage, convert_synthetic
 from datatools.cli import positive_int, run_cli
 from datatools.inspect import inspect_split, report_lines
-from datatools.manifest import AUTO, MB, Settings, page_size_of, read_manifest, read_settings
+from datatools.manifest import AUTO, JPEG, MB, page_size_of, read_manifest, read_settings
 from datatools.synth import SynthSpec
 
 SYNTH_CLASSES, SYNTH_PER_CLASS, SYNTH_SPEC = 4, 16, SynthSpec(num_frames=300, width=340, height=256)
@@ -39,9 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = Settings(short_side=256, quality=90, max_fps=None, videos_per_shard=args.videos_per_shard,
-                        seed=0, page_size=page_size_of(args.page_mb))
-    settings.check()
+    settings = bench_settings(JPEG, videos_per_shard=args.videos_per_shard,
+                              page_size=page_size_of(args.page_mb))
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         split = (convert_footage(args.videos, work, settings, args.workers) if args.videos else
