@@ -15,8 +15,10 @@ VIDEOS ?=
 SPLIT ?= train
 OUT ?= records/kinetics400
 WORKERS ?= 2
-# How real records store frames: jpeg (default) or h264 (datatools.convert --codec; README).
-CODEC ?= jpeg
+# How records store frames: h264 or jpeg (datatools.convert --codec; README: choosing a codec).
+# Unset: the converter's default. The demo's records and run get a folder per codec given.
+CODEC ?=
+CODEC_ARG = $(if $(CODEC),--codec $(CODEC))
 
 # msrun: workers on this node (8 Ascend devices, or 8 CPU processes for the demo); multi-node runs add
 # NNODES / NODE_RANK / MASTER_ADDR (see README).
@@ -81,20 +83,24 @@ env:
 records: setup
 ifeq ($(CSV),)
 	$(MAKE) --no-print-directory data/demo/train.csv
-	$(PY) -m datatools.labels data/demo/train.csv records/demo/labels.txt
+	$(PY) -m datatools.labels data/demo/train.csv $(DEMO_RECORDS)/labels.txt
 	for split in train val; do \
 		$(PY) -m datatools.convert --csv data/demo/$$split.csv --videos data/demo/videos \
-			--labels records/demo/labels.txt --out records/demo/$$split --short-side 64 \
-			--videos-per-shard 16 --page-mb 1 --workers $(WORKERS) || exit 1; \
-		$(PY) -m datatools.inspect records/demo/$$split || exit 1; \
+			--labels $(DEMO_RECORDS)/labels.txt --out $(DEMO_RECORDS)/$$split --short-side 64 \
+			--videos-per-shard 16 --page-mb 1 --workers $(WORKERS) $(CODEC_ARG) || exit 1; \
+		$(PY) -m datatools.inspect $(DEMO_RECORDS)/$$split || exit 1; \
 	done
 else
 	@# The label file comes from the first split converted (train); later splits reuse it.
 	test -f $(OUT)/labels.txt || $(PY) -m datatools.labels $(CSV) $(OUT)/labels.txt
 	$(PY) -m datatools.convert --csv $(CSV) --videos $(VIDEOS) --labels $(OUT)/labels.txt \
-		--out $(OUT)/$(SPLIT) --workers $(WORKERS) --codec $(CODEC)
+		--out $(OUT)/$(SPLIT) --workers $(WORKERS) $(CODEC_ARG)
 	$(PY) -m datatools.inspect $(OUT)/$(SPLIT)
 endif
+
+# The demo's records: records/demo in the converter's default codec, records/demo-<codec> for
+# another CODEC given (a split keeps the settings it was converted with).
+DEMO_RECORDS = records/demo$(if $(CODEC),-$(CODEC))
 
 # The demo's synthetic source videos (made once; delete data/demo to make them again).
 data/demo/train.csv:
@@ -149,18 +155,19 @@ export-310: package-310
 # stages are reused: existing videos and verified shards are kept, training resumes (and skips
 # when done). CI runs it short: DEMO_NAME=ci-demo DEMO_TRAIN_ARGS="train.epochs=1" NPROC=2.
 DEMO_CONFIG := configs/demo.yaml
-DEMO_NAME ?= demo
+DEMO_NAME ?= demo$(if $(CODEC),-$(CODEC))
 DEMO_TRAIN_ARGS ?=
+DEMO_ARGS = name=$(DEMO_NAME) data.root=$(DEMO_RECORDS)
 demo: setup
-	@echo "== demo 1/4: synthetic videos -> records/demo"
+	@echo "== demo 1/4: synthetic videos -> $(DEMO_RECORDS)"
 	$(MAKE) --no-print-directory records
 	@echo "== demo 2/4: train $(DEMO_CONFIG) under msrun -> runs/$(DEMO_NAME)"
 	$(MAKE) --no-print-directory train-8p CONFIG=$(DEMO_CONFIG) \
-		ARGS="name=$(DEMO_NAME) train.resume=auto $(DEMO_TRAIN_ARGS)"
+		ARGS="$(DEMO_ARGS) train.resume=auto $(DEMO_TRAIN_ARGS)"
 	@echo "== demo 3/4: evaluate runs/$(DEMO_NAME)/best.ckpt on every val video"
 	$(MAKE) --no-print-directory eval CONFIG=$(DEMO_CONFIG) NPROC=1 \
-		ARGS="name=$(DEMO_NAME) --out runs/$(DEMO_NAME)/eval.json"
+		ARGS="$(DEMO_ARGS) --out runs/$(DEMO_NAME)/eval.json"
 	@echo "== demo 4/4: export MINDIR + 310 inference path (CPU runner)"
-	$(MAKE) --no-print-directory export-310 CONFIG=$(DEMO_CONFIG) ARGS="name=$(DEMO_NAME)"
+	$(MAKE) --no-print-directory export-310 CONFIG=$(DEMO_CONFIG) ARGS="$(DEMO_ARGS)"
 	@$(PY) -c "import json; r = json.load(open('runs/$(DEMO_NAME)/eval.json')); \
 		print(f'== demo done: top1={r[\"top1\"]:.4f} on {r[\"videos\"]} val videos (runs/$(DEMO_NAME))')"

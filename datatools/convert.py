@@ -35,8 +35,8 @@ from datatools.cli import non_negative_int, positive_int, run_cli
 from datatools.cluster import BACKENDS, DASK, ENV_SCHEDULER, Pool, open_pool
 from datatools.lists import LIST_FORMS, read_entries
 from datatools.lock import output_lock
-from datatools.manifest import (AUTO, CHROMA_420, CHROMA_SUBSAMPLINGS, CODECS, H264, JPEG,
-                                MANIFEST_NAME, MAX_PAGE, MB, MIN_PAGE, PAGE_ALIGN, X264_PRESETS,
+from datatools.manifest import (AUTO, CHROMA_420, CHROMA_SUBSAMPLINGS, CODECS, DEFAULT_CODEC, H264,
+                                JPEG, MANIFEST_NAME, MAX_PAGE, MB, MIN_PAGE, PAGE_ALIGN, X264_PRESETS,
                                 DoneMarker, FileDigest, ManifestRow, Settings, ShardFiles,
                                 page_size_of, write_manifest)
 from datatools.pages import AUTO_PAGES, PageRange, disk_bytes
@@ -270,9 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short-side", type=int, default=256,
                    help="resize the short side to this (never up); 0 keeps the source size")
     p.add_argument("--max-fps", type=float, default=None, help="drop frames above this rate")
-    p.add_argument("--codec", default=JPEG,
-                   help=f"how frames are stored: {' or '.join(CODECS)} (default {JPEG}); h264 is "
-                        f"one closed-GOP stream per video, ~1/5 of the bytes (README: choosing a codec)")
+    p.add_argument("--codec", default=DEFAULT_CODEC,
+                   help=f"how frames are stored: {' or '.join(CODECS)} (default {DEFAULT_CODEC}); h264 is "
+                        f"one closed-GOP stream per video, ~1/5 of JPEG's bytes for ~1.4x its loader "
+                        f"CPU (README: choosing a codec)")
     p.add_argument("--quality", type=int, default=None,
                    help=f"JPEG quality 1..100 (default {DEFAULT_QUALITY}); --codec {JPEG} only")
     p.add_argument("--chroma", default=None, choices=CHROMA_SUBSAMPLINGS,

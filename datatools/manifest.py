@@ -56,6 +56,11 @@ CHROMA_420 = "420"
 CHROMA_SUBSAMPLINGS = (CHROMA_420, "422", "444")   # JPEG chroma subsampling of stored frames
 JPEG, H264 = "jpeg", "h264"
 CODECS = (JPEG, H264)        # how stored frames are encoded (datatools.frames reads both)
+# The converter's codec: h264 met issue 21's bars on camera footage (1/4.5-1/5.5 of the JPEG
+# bytes, luma PSNR 1.4 dB below on average, 1.0-1.6x its loader CPU per clip; README: choosing a
+# codec).
+DEFAULT_CODEC = H264
+LEGACY_CODEC = JPEG          # what a manifest written before the codec was a setting (v2) stores
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                 "veryslow")
 
@@ -152,8 +157,8 @@ class Settings:
     page_size: int = DEFAULT_PAGE
     # The stored codec (JPEG: quality and chroma apply; h264: the x264 settings below apply).
     # Defaults chosen on real footage (docs/design.md §9); a manifest written before the codec
-    # was a setting reads as JPEG.
-    codec: str = JPEG
+    # was a setting reads as LEGACY_CODEC.
+    codec: str = DEFAULT_CODEC
     crf: int = 18               # x264 constant rate factor: lower is better and larger
     gop: int = 8                # a keyframe (IDR with SPS/PPS) every gop frames: the random access cost
     preset: str = "veryfast"    # x264 speed/size trade-off (converter CPU; bytes)
@@ -190,7 +195,8 @@ class Settings:
 
     @classmethod
     def from_dict(cls, stored: dict) -> "Settings":
-        return cls(**{f.name: stored[f.name] for f in fields(cls) if f.name in stored})
+        return cls(**{"codec": LEGACY_CODEC,
+                      **{f.name: stored[f.name] for f in fields(cls) if f.name in stored}})
 
 
 def page_size_of(page_mb: str) -> int:

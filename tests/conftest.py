@@ -21,7 +21,7 @@ from datatools import obs, schema
 from datatools.convert import convert
 from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
-from datatools.manifest import Settings
+from datatools.manifest import H264, JPEG, Settings
 from datatools.synth import SynthSpec, make_dataset
 from trainer.cpu import use_fast_cpu_kernels
 
@@ -66,13 +66,13 @@ class TinyRecords:
         return str(self.root)
 
 
-def build_tiny_records(base: Path) -> TinyRecords:
+def build_tiny_records(base: Path, codec: str = JPEG) -> TinyRecords:
     """synth -> labels -> convert train and val, in-process (one worker) for speed."""
     source, root = base / "source", base / "records"
     train_csv, val_csv = make_dataset(source, TINY_CLASSES, TINY_TRAIN_PER_CLASS, TINY_VAL_PER_CLASS,
                                       seed=0, spec=TINY_SPEC)
     labels = write_labels(class_names(e.label for e in read_csv(train_csv)), root / schema.LABELS_NAME)
-    settings = Settings(short_side=TINY_SHORT_SIDE, quality=90, max_fps=None,
+    settings = Settings(codec=codec, short_side=TINY_SHORT_SIDE, quality=90, max_fps=None,
                         videos_per_shard=TINY_VIDEOS_PER_SHARD, seed=0)
     for split, csv_path in (("train", train_csv), ("val", val_csv)):
         convert(csv_path, source / "videos", labels, root / split, settings, workers=1)
@@ -84,6 +84,13 @@ def build_tiny_records(base: Path) -> TinyRecords:
 def tiny_records(tmp_path_factory) -> TinyRecords:
     """4 classes, 16 train + 12 val videos of 16 frames (160x120 stored at 85x64), 4+3 shards."""
     return build_tiny_records(tmp_path_factory.mktemp("tiny_records"))
+
+
+@pytest.fixture(scope="session")
+def tiny_h264_records(tmp_path_factory) -> TinyRecords:
+    """tiny_records stored as h264 (84x64: even sizes), for the readers that must give the same
+    answers on either codec (bit-exact resume, the 310 package against eval)."""
+    return build_tiny_records(tmp_path_factory.mktemp("tiny_h264_records"), H264)
 
 
 KEY_ID, SECRET = "AKFAKESTNETKEY0001", "fake-secret-never-printed-0001"

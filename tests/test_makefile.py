@@ -67,3 +67,21 @@ def test_make_eval_under_msrun_ends_with_the_result_line(tiny_records, tmp_path)
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith("top1=") and lines[-1].endswith("videos=12"), lines[-5:]
     assert not [line for line in lines + result.stderr.splitlines() if "[WARNING]" in line]
+
+
+@pytest.mark.parametrize("codec, records, name", [("", "records/demo", "demo"),
+                                                  ("jpeg", "records/demo-jpeg", "demo-jpeg")])
+def test_demo_keeps_a_records_folder_and_run_per_codec(codec, records, name):
+    """A split keeps the codec it was converted with, so ``make demo CODEC=...`` converts into
+    its own folder and every later stage (train, eval, export) reads that one."""
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "CODEC"}}
+    result = subprocess.run(["make", "-n", "demo", f"CODEC={codec}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [" ".join(line.split()) for line in result.stdout.replace("\\\n", " ").splitlines()]
+    converts = [line for line in lines if f"--out {records}/$split" in line]
+    assert len(converts) == 1 and ("--codec jpeg" in converts[0]) == (codec == "jpeg"), lines
+    stages = [line for line in lines if line.startswith(("msrun", ".venv/bin/python -m trainer."))
+              and "trainer.infer310.package" not in line]
+    assert len(stages) == 4, stages     # train, eval, export, the 310 preprocess
+    assert all(f"name={name} data.root={records}" in line for line in stages), stages

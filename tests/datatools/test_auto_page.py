@@ -11,8 +11,8 @@ import pytest
 from datatools import plan, schema
 from datatools.cli import run_cli
 from datatools.convert import build_parser, convert, main
-from datatools.manifest import (AUTO_PAGE, DEFAULT_PAGE, MB, MIN_PAGE, STATUS_OK, Settings, read_manifest,
-                                read_rows, read_settings)
+from datatools.manifest import (AUTO_PAGE, DEFAULT_PAGE, JPEG, MB, MIN_PAGE, STATUS_OK, Settings,
+                                read_manifest, read_rows, read_settings)
 from datatools.pages import AUTO_PAGES, PageRange, choose_page, layout_ratio, pack_pages, sample_bytes
 from tests.datatools import bad_videos
 from tests.datatools.test_convert import read_split
@@ -65,7 +65,7 @@ def _split(tmp_path, count: int, make=bad_videos.good):
 
 
 SMALL_PAGES = PageRange(MIN_PAGE, MB, 4096)       # so that videos of tens of KB have a choice
-AUTO_SETTINGS = Settings(short_side=0, quality=90, max_fps=None, videos_per_shard=4, seed=0,
+AUTO_SETTINGS = Settings(codec=JPEG, short_side=0, quality=90, max_fps=None, videos_per_shard=4, seed=0,
                          page_size=AUTO_PAGE)
 
 

@@ -14,12 +14,12 @@ import simplejpeg
 from datatools import schema
 from datatools.cli import run_cli
 from datatools.convert import build_parser, convert, main, summary_lines
-from datatools.manifest import (LOCK_NAME, STATUS_FAILED, STATUS_OK, FileDigest, Settings, ShardFiles,
+from datatools.manifest import (JPEG, LOCK_NAME, STATUS_FAILED, STATUS_OK, FileDigest, Settings, ShardFiles,
                                 ok_shard_paths, read_digests, read_manifest, read_rows, read_settings,
                                 reason_kind, shard_index)
 from tests.datatools import bad_videos
 
-SETTINGS = Settings(short_side=32, quality=85, max_fps=None, videos_per_shard=3, seed=0)
+SETTINGS = Settings(codec=JPEG, short_side=32, quality=85, max_fps=None, videos_per_shard=3, seed=0)
 
 
 def read_split(split_dir) -> list[dict]:
@@ -113,7 +113,7 @@ def test_manifest_metadata_holds_version_settings_and_shard_digests(bad_run):
 
 def test_rerun_with_other_settings_is_refused(bad_run):
     base, _ = bad_run
-    other = Settings(short_side=32, quality=70, max_fps=None, videos_per_shard=3, seed=0)
+    other = Settings(codec=JPEG, short_side=32, quality=70, max_fps=None, videos_per_shard=3, seed=0)
     with pytest.raises(ValueError, match="other settings"):
         convert(base / "train.csv", base / "videos", base / "labels.txt", base / "out", other)
     assert not (base / "out" / LOCK_NAME).exists()
@@ -129,7 +129,7 @@ def test_cli_bad_arguments_fail_with_one_line_before_touching_disk(bad_run, tmp_
     base, _ = bad_run
     common = ["--csv", base / "train.csv", "--videos", base / "videos", "--labels", base / "labels.txt",
               "--out", tmp_path / "out"]
-    assert _cli(capsys, *common, "--quality", "0") == (2, "error: --quality must be in 1..100, got 0\n")
+    assert _cli(capsys, *common, "--codec", "jpeg", "--quality", "0") == (2, "error: --quality must be in 1..100, got 0\n")
     code, err = _cli(capsys, *common, "--backend", "nope")
     assert code == 2 and err.startswith("error: --backend must be one of [") and err.count("\n") == 1, err
     assert _cli(capsys, "--csv", tmp_path / "none.csv", *common[2:]) == (
@@ -146,7 +146,7 @@ def test_shards_of_different_sized_videos_read_as_one_split(tmp_path):
         lines.append(f"walk,v{i},0,10,train")
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
     (tmp_path / "labels.txt").write_text("walk 0\n")
-    settings = Settings(short_side=0, quality=90, max_fps=None, videos_per_shard=2, seed=0,
+    settings = Settings(codec=JPEG, short_side=0, quality=90, max_fps=None, videos_per_shard=2, seed=0,
                         page_size=1 << 20)
     result = convert(tmp_path / "train.csv", videos, tmp_path / "labels.txt", tmp_path / "out", settings)
     assert [r.status for r in result.rows] == [STATUS_OK] * 5
@@ -160,7 +160,7 @@ def test_chroma_setting_reaches_the_stored_jpegs(tmp_path, chroma):
     bad_videos.good(tmp_path / "videos" / "walk" / "v_000000_000010.mp4", num_frames=3)
     (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\nwalk,v,0,10,train\n")
     (tmp_path / "labels.txt").write_text("walk 0\n")
-    settings = Settings(short_side=0, quality=90, max_fps=None, videos_per_shard=2, seed=0,
+    settings = Settings(codec=JPEG, short_side=0, quality=90, max_fps=None, videos_per_shard=2, seed=0,
                         chroma_subsampling=chroma, page_size=1 << 20)
     convert(tmp_path / "train.csv", tmp_path / "videos", tmp_path / "labels.txt", tmp_path / "out", settings)
     (sample,) = read_split(tmp_path / "out")
@@ -178,7 +178,7 @@ def test_a_video_larger_than_a_page_is_a_failed_row(tmp_path):
     (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n"
                                         "walk,small,0,10,train\nwalk,big,0,10,train\n")
     (tmp_path / "labels.txt").write_text("walk 0\n")
-    settings = Settings(short_side=0, quality=95, max_fps=None, videos_per_shard=2, seed=0,
+    settings = Settings(codec=JPEG, short_side=0, quality=95, max_fps=None, videos_per_shard=2, seed=0,
                         page_size=1 << 16)
     result = convert(tmp_path / "train.csv", videos, tmp_path / "labels.txt", tmp_path / "out", settings)
     status = {r.video_id.split("_")[0]: (r.status, r.reason) for r in result.rows}

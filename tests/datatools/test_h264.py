@@ -174,7 +174,7 @@ def test_an_h264_resume_with_other_settings_is_refused(tiny_set, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--crf", "20"], "--crf applies to --codec h264, not --codec jpeg"),
+    (["--codec", "jpeg", "--crf", "20"], "--crf applies to --codec h264, not --codec jpeg"),
     (["--codec", "h264", "--quality", "80"], "--quality applies to --codec jpeg, not --codec h264"),
     (["--codec", "h265"], "--codec must be one of jpeg|h264, got 'h265'"),
     (["--codec", "h264", "--gop", "0"], "--gop must be >= 1, got 0"),

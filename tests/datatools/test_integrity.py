@@ -26,10 +26,10 @@ from datatools import convert as convert_cli
 from datatools.cli import run_cli
 from datatools.convert import convert, summary_lines
 from datatools.lock import output_lock
-from datatools.manifest import LOCK_NAME, MANIFEST_NAME, Settings, ShardFiles
+from datatools.manifest import JPEG, LOCK_NAME, MANIFEST_NAME, Settings, ShardFiles
 from tests.datatools import bad_videos
 
-SETTINGS = Settings(short_side=0, quality=80, max_fps=None, videos_per_shard=2, seed=0, page_size=1 << 20)
+SETTINGS = Settings(codec=JPEG, short_side=0, quality=80, max_fps=None, videos_per_shard=2, seed=0, page_size=1 << 20)
 LABELS = ("run", "walk")
 REPO = Path(__file__).resolve().parents[2]
 NO_SPACE_TAIL = ": free space or use another --out; the run resumes where it stopped"
@@ -57,8 +57,8 @@ def _convert(base: Path, out: Path | None = None):
 
 def _argv(base: Path, out: Path) -> list[str]:
     return ["--csv", str(base / "train.csv"), "--videos", str(base / "videos"), "--labels",
-            str(base / "labels.txt"), "--out", str(out), "--short-side", "0", "--quality", "80",
-            "--videos-per-shard", "2", "--page-mb", "1"]
+            str(base / "labels.txt"), "--out", str(out), "--short-side", "0", "--codec", "jpeg",
+            "--quality", "80", "--videos-per-shard", "2", "--page-mb", "1"]
 
 
 def _files(out: Path) -> dict[str, tuple[int, int]]:

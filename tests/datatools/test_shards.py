@@ -14,7 +14,7 @@ from mindspore.mindrecord import FileReader, FileWriter
 from datatools import schema, shards
 from datatools.convert import plan_shards
 from datatools.kinetics import read_csv
-from datatools.manifest import (MB, MIN_PAGE, STATUS_OK, DoneMarker, FileDigest, Settings, ShardFiles,
+from datatools.manifest import (JPEG, MB, MIN_PAGE, STATUS_OK, DoneMarker, FileDigest, Settings, ShardFiles,
                                 read_rows)
 from datatools.pages import MIN_HEADER, ONE_CALL_PAGES, header_size, pack_pages, sample_bytes, write_calls
 from datatools.plan import ShardTask, VideoTask, assign_shards
@@ -129,7 +129,7 @@ def _convert_stub_shard(tmp_path, monkeypatch, frame_sizes: list[list[int]], pag
         return EncodedVideo([rng.bytes(n) for n in sources[source]], 25.0, 340, 256, 340, 256)
 
     monkeypatch.setattr(shards, "encode_video", encode)
-    settings = Settings(short_side=256, quality=90, max_fps=None, videos_per_shard=len(sources), seed=0,
+    settings = Settings(codec=JPEG, short_side=256, quality=90, max_fps=None, videos_per_shard=len(sources), seed=0,
                         page_size=page)
     videos = tuple(VideoTask(i, name[:4], 0, "walk", name) for i, name in enumerate(sources))
     rows = shards.convert_shard(ShardTask(0, str(tmp_path), videos, settings, labels_sha256=""))

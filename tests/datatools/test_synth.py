@@ -6,7 +6,7 @@ import csv
 import numpy as np
 
 from datatools.kinetics import find_video, read_csv
-from datatools.manifest import Settings
+from datatools.manifest import JPEG, Settings
 from datatools.synth import CLASSES, SynthSpec, make_dataset, render_video
 from datatools.video import encode_video
 
@@ -29,7 +29,7 @@ def test_layout_csv_and_determinism(tmp_path):
         path = find_video(tmp_path / "a" / "videos", e)
         assert path is not None and path.parent.name == e.label
     video = encode_video(find_video(tmp_path / "a" / "videos", entries[0]),
-                         Settings(0, 90, None, videos_per_shard=1, seed=0))
+                         Settings(0, 90, None, videos_per_shard=1, seed=0, codec=JPEG))
     assert (len(video.frames), video.width, video.height) == (8, 48, 32)
     make_dataset(tmp_path / "b", 3, 2, 1, seed=5, spec=SPEC)
     assert _files(tmp_path / "a") == _files(tmp_path / "b")

@@ -9,7 +9,7 @@ import pytest
 import simplejpeg
 
 from datatools import video
-from datatools.manifest import Settings
+from datatools.manifest import JPEG, Settings
 from datatools.synth import SynthSpec, render_video
 from datatools.video import (EncodedVideo, VideoError, encodes_from_planes, encode_frame, iter_frames,
                              stored_size)
@@ -19,7 +19,7 @@ from tests.datatools import bad_videos
 def encode_video(path, short_side: int, quality: int, max_fps: float | None = None, threads: int = 0,
                  max_bytes: int | None = None) -> EncodedVideo:
     """datatools.video.encode_video with JPEG settings of these values."""
-    return video.encode_video(path, Settings(short_side, quality, max_fps, videos_per_shard=1, seed=0),
+    return video.encode_video(path, Settings(short_side, quality, max_fps, videos_per_shard=1, seed=0, codec=JPEG),
                               threads, max_bytes)
 
 

@@ -18,7 +18,7 @@ from mindspore.mindrecord import FileReader
 from datatools.convert import convert
 from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
-from datatools.manifest import Settings
+from datatools.manifest import JPEG, Settings
 from datatools.schema import FRAMES, LABEL, LABELS_NAME, OFFSETS, VIDEO_ID, frame_bytes
 from datatools.synth import SynthSpec, make_dataset
 from trainer.config import Config, load_config
@@ -145,7 +145,10 @@ def learnable_records(tmp_path_factory) -> LearnableRecords:
     train_csv, val_csv = make_dataset(base / "source", 4, LEARN_TRAIN_PER_CLASS, LEARN_VAL_PER_CLASS,
                                       seed=3, spec=SynthSpec(num_frames=16, width=96, height=64))
     labels = write_labels(class_names(e.label for e in read_csv(train_csv)), base / LABELS_NAME)
-    settings = Settings(short_side=64, quality=90, max_fps=None, videos_per_shard=32, seed=0,
+    # JPEG: the demo config's 6 epochs here end anywhere from 0.5 to 0.95 top-1 depending on
+    # floating-point details (h264 frames: 0.85 alone, 0.525 inside the suite); on these JPEG
+    # frames they have held above the 0.6 bar in every context so far.
+    settings = Settings(codec=JPEG, short_side=64, quality=90, max_fps=None, videos_per_shard=32, seed=0,
                         page_size=1 << 20)
     for split, csv_path in (("train", train_csv), ("val", val_csv)):
         convert(csv_path, base / "source" / "videos", labels, base / split, settings, workers=1)
@@ -186,7 +189,7 @@ def two_class_records(tmp_path_factory) -> Path:
     train_csv, val_csv = make_dataset(source, 2, FINETUNE_TRAIN_PER_CLASS, FINETUNE_VAL_PER_CLASS,
                                       seed=5, spec=SynthSpec(num_frames=16, width=96, height=64))
     labels = write_labels(class_names(e.label for e in read_csv(train_csv)), root / LABELS_NAME)
-    settings = Settings(short_side=64, quality=90, max_fps=None, videos_per_shard=8, seed=0,
+    settings = Settings(codec=JPEG, short_side=64, quality=90, max_fps=None, videos_per_shard=8, seed=0,
                         page_size=1 << 20)
     for split, csv_path in (("train", train_csv), ("val", val_csv)):
         convert(csv_path, source / "videos", labels, root / split, settings, workers=1)

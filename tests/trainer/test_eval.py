@@ -24,7 +24,7 @@ from mindspore import nn
 from datatools.convert import convert
 from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
-from datatools.manifest import Settings
+from datatools.manifest import JPEG, Settings
 from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID
 from datatools.synth import make_dataset
 from trainer import eval as trainer_eval
@@ -74,7 +74,7 @@ def six_class_records(tmp_path_factory) -> Path:
     train_csv, val_csv = make_dataset(base / "source", CLASSES, 1, VAL_PER_CLASS, seed=1, spec=TINY_SPEC)
     labels = write_labels(class_names(e.label for e in read_csv(train_csv)),
                           base / "records" / LABELS_NAME)
-    settings = Settings(short_side=TINY_SHORT_SIDE, quality=90, max_fps=None,
+    settings = Settings(codec=JPEG, short_side=TINY_SHORT_SIDE, quality=90, max_fps=None,
                         videos_per_shard=TINY_VIDEOS_PER_SHARD, seed=0)
     convert(val_csv, base / "source" / "videos", labels, base / "records" / "val", settings, workers=1)
     return base / "records"

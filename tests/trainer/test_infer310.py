@@ -76,7 +76,7 @@ def _run_quietly(module, *args: object) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tiny_records, tmp_path_factory):
+def run(tiny_h264_records, tmp_path_factory):
     """Everything the 310 path writes (uint8 and float clips, both exports, the package), plus
     the network's own logits on the float clips.
 
@@ -87,7 +87,7 @@ def run(tiny_records, tmp_path_factory):
     base = tmp_path_factory.mktemp("infer310")
     # 2 segments: the K=2 clips of a 16-frame video differ (with 4 they would be the same);
     # PyNative: no graph compile for the network's own runs (exports compile their graphs)
-    overrides = ["model.width=8", f"data.root={tiny_records.root}", "test.segments=2",
+    overrides = ["model.width=8", f"data.root={tiny_h264_records.root}", "test.segments=2",
                  f"test.clips={CLIPS_PER_VIDEO}", f"train.output_dir={base / 'runs'}", "mode=pynative"]
     cfg = load_config(REPO / "configs/demo.yaml", overrides)
     init_runtime(cfg)
@@ -137,7 +137,7 @@ def _pixel_shape(cfg) -> list[int]:
     return [1, cfg.test.segments, cfg.data.frames_per_segment, cfg.test.crop, cfg.test.crop, 3]
 
 
-def test_preprocess_writes_every_video_once(run, tiny_records):
+def test_preprocess_writes_every_video_once(run, tiny_h264_records):
     meta, work = run["meta"], run["work"]
     labels = np.load(work / LABELS_FILE)
     assert meta["videos"] == len(labels) == 12  # the tiny val split, padding excluded
@@ -146,7 +146,7 @@ def test_preprocess_writes_every_video_once(run, tiny_records):
     assert meta["clip_shape"] == _pixel_shape(run["cfg"])
     assert run["float_meta"]["clip_shape"] == _clip_shape(run["cfg"])
     assert sorted(np.bincount(labels).tolist()) == [3, 3, 3, 3]
-    assert (work / NAMES_FILE).read_text() == tiny_records.labels.read_text()
+    assert (work / NAMES_FILE).read_text() == tiny_h264_records.labels.read_text()
     assert meta["dtype"] == "uint8" and run["float_meta"]["dtype"] == "float32"
     assert {k: v for k, v in run["float_meta"].items() if k not in ("dtype", "clip_shape")} == \
         {k: v for k, v in meta.items() if k not in ("dtype", "clip_shape")}

@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mindspore as ms
+import numpy as np
 import pytest
 
 import trainer.predict
 from datatools.kinetics import read_csv
 from datatools.schema import LABELS_NAME, read_labels
-from trainer.config import Config, save_config
+from trainer.config import Config, load_config, save_config
 from trainer.data import create_dataset
 from trainer.eval import evaluate
+from trainer.model import create_model
 from trainer.precision import inference_network
 from trainer.predict import split_inputs
 
 from tests.datatools import bad_videos
 from tests.trainer.inprocess import run_module
+from tests.trainer.test_config import DEMO
 
 
 # The module's own networks run eagerly (the trained run left graph mode set); each prediction
@@ -60,18 +64,49 @@ def test_predict_gives_eval_scores_and_the_true_class_first(learned_run, val_vid
     assert all(len(p["top"]) == 2 and "windows" not in p for p in predicted)
 
     # The same videos converted and evaluated (eagerly, this module's mode): per-video scores
-    # agree, not just the argmax.
+    # agree, not just the argmax. Not to the last bit: graph mode compiles a kernel per batch
+    # shape, and predict batches one video's views where eval's batches mix videos. On an
+    # h264-trained demo model the two differed by up to 7.8e-5 in graph mode and 1.6e-7 eagerly;
+    # a wrong frame or crop moves the scores by 1e-2 and more.
     result = evaluate(inference_network(cfg, ckpt), create_dataset(cfg, "val", training=False),
                       cfg.model.num_classes)
     names = read_labels(Path(cfg.data.root) / LABELS_NAME)
     for (video, _), prediction in zip(val_videos, predicted):
         scores = result["scores"][video.stem]
         assert prediction["top"][0]["label"] == names[int(scores.argmax())]
-        assert prediction["top"][0]["prob"] == pytest.approx(scores.max(), abs=1e-5)
+        assert prediction["top"][0]["prob"] == pytest.approx(scores.max(), abs=5e-4)
 
     # Printed first: the true class, as often as eval counts top-1 hits (well above chance).
     hits = sum(any(line.startswith(f"{video}: {label} ") for line in printed) for video, label in val_videos)
     assert hits == round(result["top1"] * len(val_videos)) and result["top1"] >= 0.6
+
+
+def test_predict_on_h264_records_gives_eval_scores(tiny_h264_records, tmp_path):
+    """A video predicted with a model of h264 records is encoded as h264 at the split's stored
+    settings and read back as eval reads the split: every class score equals eval's (eagerly,
+    where batching does not move the numbers), on a fresh network whose scores differ by video."""
+    cfg = load_config(DEMO, [f"data.root={tiny_h264_records}", "model.width=8", "mode=pynative",
+                             f"train.output_dir={tmp_path}"])
+    config_file, ckpt = tmp_path / "config.yaml", tmp_path / "fresh.ckpt"
+    save_config(cfg, config_file)
+    ms.set_seed(0)
+    net = create_model(cfg)
+    net.fc.weight.set_data(net.fc.weight * 0.01)    # fresh: softmax saturated, every video alike
+    ms.save_checkpoint(net, str(ckpt))
+    videos = [entry.locate(tiny_h264_records.source / "videos") for entry in read_csv(tiny_h264_records.val_csv)]
+    out = tmp_path / "predictions.jsonl"
+    assert _predict(config_file, ckpt, *videos, "--out", out, "--top", cfg.model.num_classes) == 0
+    predicted = [json.loads(line) for line in out.read_text().splitlines()]
+
+    result = evaluate(inference_network(cfg, ckpt), create_dataset(cfg, "val", training=False),
+                      cfg.model.num_classes)
+    names = read_labels(tiny_h264_records.labels)
+    for video, prediction in zip(videos, predicted):
+        expected = dict(zip(names, result["scores"][video.stem]))
+        assert {p["label"]: p["prob"] for p in prediction["top"]} == pytest.approx(expected, abs=1e-5)
+    # The scores depend on the video, far beyond the tolerance: comparing them means something.
+    spread = np.ptp([sorted(p["prob"] for p in prediction["top"]) for prediction in predicted], axis=0)
+    assert spread.max() > 1e-3, spread
 
 
 def test_windows_cover_the_video_with_their_times(learned_run, val_videos, config_files, tmp_path):

@@ -42,18 +42,19 @@ def _state(path):
 
 
 @pytest.fixture(scope="module")
-def straight_run(tiny_records, tmp_path_factory):
-    """Two epochs without a stop, in graph mode: the reference for the resume test."""
+def straight_run(tiny_h264_records, tmp_path_factory):
+    """Two epochs without a stop, in graph mode, on h264 records (decoders reused across
+    segments and threads): the reference for the resume test."""
     out = tmp_path_factory.mktemp("runs")
-    metrics = train(_config(tiny_records, out, "straight", "train.epochs=2", "mode=graph"))
+    metrics = train(_config(tiny_h264_records, out, "straight", "train.epochs=2", "mode=graph"))
     return out / "straight", metrics
 
 
-def test_run_folder_holds_config_log_checkpoints_and_best(straight_run, tiny_records):
+def test_run_folder_holds_config_log_checkpoints_and_best(straight_run, tiny_h264_records):
     run_dir, metrics = straight_run
     assert metrics["videos"] == 12  # the whole val split, counted once
     run = RunDir(run_dir)
-    assert load_config(run.config).data.root == str(tiny_records)
+    assert load_config(run.config).data.root == str(tiny_h264_records)
     records = [json.loads(line) for line in run.log.read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert {"epoch", "step", "loss", "lr", "clips_per_s", "data_wait"} <= steps[0].keys()
@@ -76,11 +77,11 @@ def _copy(run_dir: Path, out: Path, name: str) -> Path:
     return out / name
 
 
-def test_resume_after_a_stop_is_bit_exact(straight_run, tiny_records, tmp_path):
+def test_resume_after_a_stop_is_bit_exact(straight_run, tiny_h264_records, tmp_path):
     """Epoch 2 resumed from the straight run's epoch-1 checkpoint (as a run stopped there would
     be) ends on the same tensors: weights, BN statistics, momentum, step counters."""
     stopped_at = straight_run[0] / "checkpoints" / "epoch-0001.ckpt"
-    train(_config(tiny_records, tmp_path, "resumed", "train.epochs=2", "mode=graph",
+    train(_config(tiny_h264_records, tmp_path, "resumed", "train.epochs=2", "mode=graph",
                   f"train.resume={stopped_at}"))
     resumed = _state(RunDir(tmp_path / "resumed").latest_checkpoint())
     straight = _state(RunDir(straight_run[0]).latest_checkpoint())

@@ -12,7 +12,7 @@ from datatools.convert import convert
 from datatools.kinetics import read_csv
 from datatools.labels import class_names, write_labels
 from datatools.schema import LABELS_NAME
-from datatools.manifest import Settings
+from datatools.manifest import JPEG, Settings
 from datatools.synth import SynthSpec, make_dataset
 from trainer.config import ConfigError, load_config
 from trainer.data import CLIP, MEAN, STD, ClipDecoder, ClipSampler, clip_decoder, create_dataset
@@ -74,7 +74,7 @@ def zoo_records(tmp_path_factory):
         _, val_csv = make_dataset(base / name, 1, 1, 1, seed=4, spec=SynthSpec(8, width, height))
         labels = write_labels(class_names(e.label for e in read_csv(val_csv)), root / LABELS_NAME)
         convert(val_csv, base / name / "videos", labels, root / name,
-                Settings(short_side=256, quality=90, max_fps=None, videos_per_shard=4, seed=0,
+                Settings(codec=JPEG, short_side=256, quality=90, max_fps=None, videos_per_shard=4, seed=0,
                          page_size=1 << 22))
         video_id = read_csv(val_csv)[0].video_id
         splits[name] = next((base / name / "videos").rglob(f"{video_id}.mp4"))
