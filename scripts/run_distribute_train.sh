@@ -48,6 +48,9 @@ layout=$("$python" scripts/rank_table.py "$table") || exit 2
 
 export RANK_TABLE_FILE=$table
 export RANK_SIZE=$rank_size
+# HCCL's default 120 s join timeout is shorter than the spread of the ranks' graph compiles
+# (trainer/runtime.py sets the same default in-process for msrun; a value given here wins).
+export HCCL_CONNECT_TIMEOUT=${HCCL_CONNECT_TIMEOUT:-600}
 # Prepend, never replace: CANN's set_env.sh puts its TBE/op-impl Python paths in PYTHONPATH.
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 

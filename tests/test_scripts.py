@@ -99,7 +99,7 @@ def launch(project: Path, *args: str, cwd: Path | None = None, python: str = sys
     environment: no inherited rank variables or PYTHONPATH unless given in ``env``."""
     base = {k: v for k, v in os.environ.items()
             if k not in {"SERVER_ID", "RANK_SIZE", "RANK_ID", "DEVICE_ID", "RANK_TABLE_FILE",
-                         "PYTHONPATH"}}
+                         "PYTHONPATH", "HCCL_CONNECT_TIMEOUT"}}
     return subprocess.run(["bash", str(project / LAUNCH), *args], cwd=cwd or project,
                           env={**base, "PYTHON": python, **env}, capture_output=True, text=True,
                           timeout=300)
@@ -131,7 +131,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 [ "$1" = -m ] || exec {python} "$@"
 echo "argv=$*"
 echo "cwd=$PWD"
-for v in RANK_TABLE_FILE RANK_SIZE RANK_ID DEVICE_ID PYTHONPATH ASCEND_PROCESS_LOG_PATH; do
+for v in RANK_TABLE_FILE RANK_SIZE RANK_ID DEVICE_ID PYTHONPATH ASCEND_PROCESS_LOG_PATH HCCL_CONNECT_TIMEOUT; do
   echo "$v=${{!v-<unset>}}"
 done
 code=FAKE_EXIT_$RANK_ID
@@ -151,14 +151,16 @@ def read_env(log: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in log.read_text().splitlines()[1:])
 
 
-@pytest.mark.parametrize("inherited", [None, FAKE_CANN])
-def test_launch_environment_of_each_rank(project, tmp_path, fake_python, inherited):
-    """Server b's devices 4 and 6 run ranks 2 and 3 of 4, with cwd = root and paths resolved."""
+@pytest.mark.parametrize("inherited, timeout", [(None, None), (FAKE_CANN, "900")])
+def test_launch_environment_of_each_rank(project, tmp_path, fake_python, inherited, timeout):
+    """Server b's devices 4 and 6 run ranks 2 and 3 of 4, with cwd = root and paths resolved,
+    and HCCL given 600 s for every rank to join unless the caller set its own timeout."""
     caller = tmp_path / "caller"
     caller.mkdir()
     (caller / "my.yaml").write_text("name: x\n")
     write_table(caller / "table.json", {"a": [(0, 0), (1, 1)], "b": [(3, 6), (2, 4)]})
-    env = {"SERVER_ID": "b", **({"PYTHONPATH": inherited} if inherited else {})}
+    env = {"SERVER_ID": "b", **({"PYTHONPATH": inherited} if inherited else {}),
+           **({"HCCL_CONNECT_TIMEOUT": timeout} if timeout else {})}
     result = launch(project, "table.json", "my.yaml", "train.epochs=1", cwd=caller,
                     python=fake_python, **env)
     assert result.returncode == 0, result.stderr
@@ -173,7 +175,7 @@ def test_launch_environment_of_each_rank(project, tmp_path, fake_python, inherit
             "cwd": str(project), "RANK_TABLE_FILE": str(caller / "table.json"), "RANK_SIZE": "4",
             "RANK_ID": str(rank), "DEVICE_ID": str(device),
             "PYTHONPATH": f"{project}:{inherited}" if inherited else str(project),
-            "ASCEND_PROCESS_LOG_PATH": str(rank_dir)}
+            "ASCEND_PROCESS_LOG_PATH": str(rank_dir), "HCCL_CONNECT_TIMEOUT": timeout or "600"}
 
 
 def test_launch_names_only_the_failed_rank(project, tmp_path, fake_python):

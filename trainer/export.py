@@ -120,6 +120,9 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
         net = PixelInput(net)
     net.set_train(False)
     start = time.perf_counter()
+    # MindSpore 2.10 warns that ms.export(file_format="ONNX") will go in favour of
+    # mindspore.onnx.export, but that one fails on a bare nn.Dense here ("i: 3 out of range: 3"
+    # in MatMul's CNode): ONNX stays on ms.export until the replacement exports this network.
     ms.export(net, ms.Tensor(shape=list(shape), dtype=INPUT_DTYPES[input_dtype]),
               file_name=str(path.with_suffix("")), file_format=fmt)
     seconds = time.perf_counter() - start

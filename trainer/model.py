@@ -104,9 +104,9 @@ class TemporalBlock(nn.Cell):
 
     def construct(self, x, num_segments: int):
         _, channels, height, width = x.shape
-        x = x.reshape(-1, num_segments, channels, height, width).transpose(0, 2, 1, 3, 4)
+        x = ops.transpose(x.reshape(-1, num_segments, channels, height, width), (0, 2, 1, 3, 4))
         x = self.bn1(self.relu(self.conv1(x))) + x
-        return x.transpose(0, 2, 1, 3, 4).reshape(-1, channels, height, width)
+        return ops.transpose(x, (0, 2, 1, 3, 4)).reshape(-1, channels, height, width)
 
 
 class TemporalXception(nn.Cell):
@@ -204,7 +204,7 @@ class StNet(nn.Cell):
         x = self.layer3(self.temp1(x, num_segments))
         x = self.layer4(self.temp2(x, num_segments))
         x = self.spatial_mean(x, (2, 3))                                        # (B·T, C)
-        x = x.reshape(-1, num_segments, x.shape[1]).transpose(0, 2, 1).expand_dims(3)  # (B, C, T, 1)
+        x = ops.transpose(x.reshape(-1, num_segments, x.shape[1]), (0, 2, 1)).expand_dims(3)  # (B, C, T, 1)
         x = self.temporal_max(self.xception(x), (2, 3))                         # (B, C/2)
         return self.fc(x)
 

@@ -67,7 +67,7 @@ class PixelInput(nn.Cell):
     def construct(self, x):
         b, t, n, h, w, c = x.shape
         x = ops.cast(x, ms.float32) * self.scale + self.bias
-        return self.net(x.transpose(0, 1, 2, 5, 3, 4).reshape(b, t, n * c, h, w))
+        return self.net(ops.transpose(x, (0, 1, 2, 5, 3, 4)).reshape(b, t, n * c, h, w))
 
 
 def inference_network(cfg: Config, ckpt: str | Path, *, pixels: bool = True) -> nn.Cell:

@@ -1,6 +1,7 @@
 """Device context, distributed start-up and rank-aware logging in one place."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
 
@@ -21,6 +22,12 @@ logger = logging.getLogger(__name__)
 MS_MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}   # MindSpore's value of each of MODES
 DEVICE_FIXES = {"Ascend": "source CANN's set_env.sh (e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh)",
                 "GPU": "install the CUDA libraries this MindSpore wheel was built for"}
+# Signs of an Ascend host: its device nodes, or what CANN's set_env.sh exports.
+ASCEND_DEVICE_NODES = "/dev/davinci[0-9]*"
+CANN_VARIABLES = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH")
+# HCCL waits this long (s) for every rank to join; its default, 120 s, is shorter than the time
+# StNet's graph compiles can differ between ranks (the model zoo's rank-table scripts use 600).
+HCCL_CONNECT_TIMEOUT = "600"
 
 
 def distributed_launch() -> bool:
@@ -44,15 +51,33 @@ def _load_error(device: str) -> str:
     return lines[0] if lines else f"MindSpore loaded no {device} plugin"
 
 
+def ascend_host_signs() -> list[str]:
+    """What makes this host look like an Ascend host (device nodes, CANN's variables); empty
+    on a host with no accelerator."""
+    nodes = sorted(glob.glob(ASCEND_DEVICE_NODES))
+    signs = [f"{len(nodes)} device node(s) {nodes[0]}..."] if nodes else []
+    return signs + [f"${name}" for name in CANN_VARIABLES if os.environ.get(name)]
+
+
 def resolve_device_target(cfg: Config) -> str:
-    """``cfg.device_target`` with ``auto`` resolved: Ascend where its runtime loads, else CPU.
+    """``cfg.device_target`` with ``auto`` resolved: Ascend where its runtime loads, CPU on a
+    host with no accelerator, and an error on an Ascend host whose runtime does not load (a
+    silent fall back would train the Ascend recipe in float32 on CPU processes).
 
     Whatever depends on the device (init_runtime, the amp level, export's AIR check) asks here,
     also before init_runtime, so an ``auto`` config acts as the device it will run on.
     """
     if cfg.device_target != AUTO_DEVICE:
         return cfg.device_target
-    return "CPU" if _load_error("Ascend") else "Ascend"
+    error = _load_error("Ascend")
+    if not error:
+        return "Ascend"
+    signs = ascend_host_signs()
+    if signs:
+        raise ConfigError(f"device_target=auto on an Ascend host ({', '.join(signs)}) but the Ascend "
+                          f"runtime does not load ({error}): {DEVICE_FIXES['Ascend']}, or set "
+                          f"device_target=CPU to train on the CPU")
+    return "CPU"
 
 
 def init_runtime(cfg: Config) -> tuple[int, int]:
@@ -81,14 +106,17 @@ def init_runtime(cfg: Config) -> tuple[int, int]:
         _share_cpu_threads(int(os.environ.get("MS_WORKER_NUM", "1")) if distributed_launch() else 1)
     rank, size = _join_group() if distributed_launch() else (0, 1)
     if cfg.device_target == AUTO_DEVICE and rank == 0:
-        why = _load_error("Ascend")
-        logger.info("device_target=auto: %s", f"CPU, as the Ascend runtime does not load here ({why})"
-                    if why else "Ascend")
+        if device == "CPU":
+            logger.warning("device_target=auto: CPU, float32 (no Ascend device node or CANN environment "
+                           "on this host, and no Ascend runtime: %s)", _load_error("Ascend"))
+        else:
+            logger.info("device_target=auto: Ascend")
     return rank, size
 
 
 def _join_group() -> tuple[int, int]:
     """``(rank, group_size)`` after joining the msrun or rank-table group, gradients fused."""
+    os.environ.setdefault("HCCL_CONNECT_TIMEOUT", HCCL_CONNECT_TIMEOUT)   # read by HCCL at init()
     init()
     rank, size = get_rank(), get_group_size()
     # One fused AllReduce per 64 MB of gradients instead of one per parameter tensor (~320).
