@@ -28,7 +28,7 @@ from datatools.schema import LABEL, VIDEO_ID
 from trainer import cloud
 from trainer.checkpoint import checkpoint_arg, nan_or_inf
 from trainer.config import config_from_args, config_parser
-from trainer.data import CLIP, MASK, PROBLEM, bad_samples, class_names, create_dataset
+from trainer.data import CLIP, MASK, PROBLEM, bad_samples, class_names, create_dataset, split_name
 from trainer.runtime import all_reduce_counts, init_runtime
 from trainer.scoring import video_scores
 
@@ -151,7 +151,7 @@ def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
     rank, group_size = init_runtime(cfg)   # before any pull: msrun's start-up waits for every rank
     setup_logging(rank)
-    cfg = cloud.prepare(cfg, (cfg.data.val_split,))
+    cfg = cloud.prepare(cfg, (split_name(cfg, "val"),))
     ckpt = checkpoint_arg(cfg, cloud.checkpoint(cfg, args.ckpt))
     names = class_names(cfg)
     from trainer.precision import inference_network  # the network is heavy; import after set-up
