@@ -35,13 +35,14 @@ from PIL import Image
 from datatools.frames import FrameError, codec_of, stored_frames
 from datatools.manifest import JPEG, ok_shard_paths, read_manifest, read_settings, source_sizes
 from datatools.schema import (CHECKSUM, FRAMES, LABEL, LABELS_NAME, NUM_FRAMES, OFFSETS, VIDEO_ID,
-                              read_labels, sample_checksum)
+                              read_labels, sample_checksum, split_labels_problem)
 from trainer.config import RESIZE_MODES, TEST_CROPS, Config, ConfigError
 from trainer.heap import keep_large_buffers
 
 __all__ = ["MEAN", "STD", "CLIP", "MASK", "PROBLEM", "IGNORE_LABEL", "RESIZE_MODES", "BadSample",
            "ClipSampler", "ClipDecoder", "TrainClips", "EvalClips", "bad_samples", "clip_decoder",
-           "build_decoder", "eval_clips", "views_per_video", "class_names", "split_dir", "records", "create_dataset"]
+           "build_decoder", "eval_clips", "views_per_video", "labels_path", "class_names", "check_records",
+           "check_split_labels", "split_name", "split_dir", "records", "create_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -391,19 +392,49 @@ class EvalClips:
                 f"crops={self.crops})")
 
 
+def labels_path(cfg: Config) -> Path:
+    """The label file of the records: ``data.root``/labels.txt, shared by the splits."""
+    return Path(cfg.data.root) / LABELS_NAME
+
+
 def class_names(cfg: Config) -> list[str]:
-    """The records' class names (``data.root``/labels.txt); their count must be model.num_classes."""
-    path = Path(cfg.data.root) / LABELS_NAME
+    """The records' class names; refused unless their count is ``model.num_classes`` (a network
+    of another width would train or score without a word, or fail at the first evaluation)."""
+    path = labels_path(cfg)
     names = read_labels(path)
     if len(names) != cfg.model.num_classes:
-        raise ValueError(f"model.num_classes={cfg.model.num_classes} but {path} has {len(names)} classes")
+        raise ValueError(f"{path} has {len(names)} classes but model.num_classes={cfg.model.num_classes}: "
+                         f"set model.num_classes={len(names)}, or data.root to the records the "
+                         f"model is for")
     return names
 
 
+def check_records(cfg: Config, splits: tuple[str, ...] = SPLIT_KEYS) -> list[str]:
+    """The class names, once the label file matches ``model.num_classes`` and every one of
+    ``splits`` was converted with it; called where a run starts, before the first step."""
+    names = class_names(cfg)
+    for split in splits:
+        check_split_labels(cfg, split)
+    return names
+
+
+def check_split_labels(cfg: Config, split: str) -> None:
+    """Refuse a split converted with another label file than the one read as its class names."""
+    problem = split_labels_problem(split_dir(cfg, split), labels_path(cfg))
+    if problem:
+        raise ValueError(problem)
+
+
+def split_name(cfg: Config, split: str) -> str:
+    """The folder name of ``split``: the roles ``train``/``val`` name the config's
+    ``data.train_split``/``data.val_split``; any other name is a folder itself. The one place a
+    split is resolved: a name resolved twice would turn swapped names back."""
+    return cfg.data[f"{split}_split"] if split in SPLIT_KEYS else split
+
+
 def split_dir(cfg: Config, split: str) -> Path:
-    """``train``/``val`` name the config's split folders; any other name is a folder itself."""
-    name = cfg.data[f"{split}_split"] if split in SPLIT_KEYS else split
-    path = Path(cfg.data.root) / name
+    """The folder of ``split`` (``split_name``) under ``data.root``."""
+    path = Path(cfg.data.root) / split_name(cfg, split)
     if not path.is_dir():
         raise FileNotFoundError(f"split folder not found: {path} (data.root={cfg.data.root!r}, "
                                 f"split={split!r})")
@@ -430,6 +461,7 @@ def records(cfg: Config, split: str, *, training: bool, rank: int = 0, group_siz
     if not 0 <= rank < group_size:
         raise ValueError(f"rank must be in 0..{group_size - 1}, got {rank!r}")
     keep_large_buffers()    # before the first dataset thread takes an arena of its own
+    check_split_labels(cfg, split)
     shards = ok_shard_paths(split_dir(cfg, split))
     if not shards:
         raise FileNotFoundError(f"no converted videos in {split_dir(cfg, split)}")

@@ -13,6 +13,7 @@ are not finite is an error naming it: no metric is computed on altered data or s
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 from pathlib import Path
@@ -27,11 +28,11 @@ from datatools.schema import LABEL, VIDEO_ID
 from trainer import cloud
 from trainer.checkpoint import checkpoint_arg, nan_or_inf
 from trainer.config import config_from_args, config_parser
-from trainer.data import CLIP, MASK, PROBLEM, bad_samples, class_names, create_dataset
+from trainer.data import CLIP, MASK, PROBLEM, bad_samples, class_names, create_dataset, split_name
 from trainer.runtime import all_reduce_counts, init_runtime
 from trainer.scoring import video_scores
 
-__all__ = ["evaluate", "summary_line", "write_results", "main"]
+__all__ = ["forward_views", "evaluate", "summary_line", "write_results", "main"]
 
 logger = logging.getLogger(__name__)
 TOP_K = 5
@@ -53,12 +54,22 @@ def _refuse(problems: list[str], count: int) -> None:
     raise ValueError(problems[0] + (f" (and {count - 1} more videos, logged)" if count > 1 else ""))
 
 
+def forward_views(net: nn.Cell, views: np.ndarray, max_views: int) -> np.ndarray:
+    """Logits of ``views`` (V, *clip) run through ``net`` at most ``max_views`` at a time: a
+    batch's K clips × C crops of every video in one call (480 clips at 10 × 3 and 16 videos)
+    would not fit an accelerator's memory. Each view's logits do not depend on its chunk."""
+    return np.concatenate([net(ms.Tensor(views[start:start + max_views])).asnumpy()
+                           for start in range(0, len(views), max_views)])
+
+
 def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
-             group_size: int = 1) -> dict:
+             group_size: int = 1, max_views: int | None = None) -> dict:
     """Top-1/top-5, per-class accuracy and confusion matrix of ``net`` over ``dataset``.
 
     ``dataset`` is an eval dataset from ``create_dataset`` (columns clip (B, V, T, 3N, S, S),
     label, mask). With ``group_size > 1`` every rank must call this (the counts are all-reduced).
+    The views go through ``net`` at most ``max_views`` per call (default: the dataset's batch
+    size, ``test.batch_size``), whatever the views per video.
     Returns ``top1``, ``top5`` (fractions), ``videos`` (real videos counted), ``per_class``
     (accuracy per class index, None for a class without videos), ``confusion``
     (``confusion[true][predicted]`` counts) and ``scores`` (video_id -> float64 class scores of
@@ -73,13 +84,14 @@ def evaluate(net: nn.Cell, dataset: ms.dataset.Dataset, num_classes: int,
     problems: list[str] = []
     video_scores_by_id: dict[str, np.ndarray] = {}
     k = min(TOP_K, num_classes)
+    max_views = max_views or dataset.get_batch_size()
     progress = Progress(dataset.get_dataset_size(), "batches", logger=logger, desc="eval")
     for batch in dataset.create_dict_iterator(num_epochs=1, output_numpy=True):
         progress.update()
         clips, labels, mask = batch[CLIP], batch[LABEL], batch[MASK].astype(bool)
         problems.extend(bad_samples(batch[PROBLEM]))
         batch_size, num_clips = clips.shape[:2]
-        logits = net(ms.Tensor(clips.reshape(batch_size * num_clips, *clips.shape[2:]))).asnumpy()
+        logits = forward_views(net, clips.reshape(batch_size * num_clips, *clips.shape[2:]), max_views)
         if logits.shape[-1] != num_classes:
             raise ValueError(f"network gives {logits.shape[-1]} classes, expected {num_classes}")
         logits = logits.reshape(batch_size, num_clips, -1)
@@ -128,9 +140,10 @@ def write_results(result: dict, out: str | Path, class_names: list[str]) -> Path
     payload["per_class"] = dict(zip(class_names, result["per_class"]))
     payload["confusion_file"] = confusion_path.name
     out.write_text(json.dumps(payload, indent=2) + "\n")
-    header = "true\\predicted," + ",".join(class_names)
-    rows = [f"{name}," + ",".join(map(str, row)) for name, row in zip(class_names, result["confusion"])]
-    confusion_path.write_text("\n".join([header, *rows]) + "\n")
+    with confusion_path.open("w", newline="", encoding="utf-8") as f:   # quotes names with commas
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["true\\predicted", *class_names])
+        writer.writerows([name, *row] for name, row in zip(class_names, result["confusion"]))
     return confusion_path
 
 
@@ -138,7 +151,7 @@ def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
     rank, group_size = init_runtime(cfg)   # before any pull: msrun's start-up waits for every rank
     setup_logging(rank)
-    cfg = cloud.prepare(cfg, (cfg.data.val_split,))
+    cfg = cloud.prepare(cfg, (split_name(cfg, "val"),))
     ckpt = checkpoint_arg(cfg, cloud.checkpoint(cfg, args.ckpt))
     names = class_names(cfg)
     from trainer.precision import inference_network  # the network is heavy; import after set-up

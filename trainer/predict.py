@@ -23,7 +23,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import mindspore as ms
 import numpy as np
 from mindspore import nn
 
@@ -34,6 +33,7 @@ from datatools.video import VideoError, encode_video
 from trainer.checkpoint import checkpoint_arg
 from trainer.config import Config, config_from_args, config_parser
 from trainer.data import EvalClips, build_decoder, class_names, eval_clips, split_dir
+from trainer.eval import forward_views
 from trainer.runtime import init_runtime
 from trainer.scoring import video_scores
 
@@ -143,9 +143,7 @@ class Predictor:
         the network in test.batch_size batches, then the mean softmax (trainer.scoring)."""
         count = len(offsets) - 1 - first if count is None else count
         views = clips.views(blob, offsets, count, video_id, first)
-        step = self.cfg.test.batch_size
-        logits = np.concatenate([self.net(ms.Tensor(views[i:i + step])).asnumpy()
-                                 for i in range(0, len(views), step)])
+        logits = forward_views(self.net, views, self.cfg.test.batch_size)
         if not np.isfinite(logits).all():
             raise VideoError("the network's logits are not finite: check the checkpoint")
         return video_scores(logits[None])[0]

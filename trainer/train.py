@@ -28,7 +28,7 @@ from trainer import cloud
 from trainer.checkpoint import (checkpoint_epoch, non_finite, restore_training_state,
                                 save_training_state, save_weights)
 from trainer.config import Config, config_from_args, config_parser, save_config
-from trainer.data import bad_samples, create_dataset, split_dir
+from trainer.data import bad_samples, check_records, create_dataset, split_dir
 from trainer.eval import evaluate
 from trainer.model import create_model
 from trainer.precision import PixelInput, cast_network
@@ -259,7 +259,8 @@ def train(cfg: Config) -> dict:
         load_pretrained(net, cfg.model.pretrained)
     # The network trainer.eval and trainer.predict run: cast alike, taking the loader's pixels.
     net = PixelInput(cast_network(net, cfg))
-    steps_per_epoch = create_dataset(cfg, cfg.data.train_split, training=True, rank=rank,
+    check_records(cfg)   # labels.txt against model.num_classes and both splits, before any step
+    steps_per_epoch = create_dataset(cfg, "train", training=True, rank=rank,
                                      group_size=group_size).get_dataset_size()
     lr = build_lr(cfg.train, steps_per_epoch)
     train_cell = build_train_cell(net, cfg, lr)
@@ -267,7 +268,7 @@ def train(cfg: Config) -> dict:
     if resume is not None:
         start_epoch, step = restore_training_state(train_cell, resume, steps_per_epoch)
         logger.info("resumed from %s: %d epochs, %d steps done", resume, start_epoch, step)
-    bad = BadSamples(cfg.data.max_bad_samples, group_size, split_dir(cfg, cfg.data.train_split))
+    bad = BadSamples(cfg.data.max_bad_samples, group_size, split_dir(cfg, "train"))
     overflows = OverflowStreak()
     best = run.best_top1()
     logger.info("run %s: %d ranks, %d steps/epoch, %d clips/step, epochs %d..%d",
@@ -276,7 +277,7 @@ def train(cfg: Config) -> dict:
 
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.train.epochs):
-        dataset = create_dataset(cfg, cfg.data.train_split, training=True, rank=rank,
+        dataset = create_dataset(cfg, "train", training=True, rank=rank,
                                  group_size=group_size, epoch=epoch)
         try:
             step = train_one_epoch(train_cell, dataset, epoch=epoch, step=step, lr=lr,
@@ -295,7 +296,7 @@ def train(cfg: Config) -> dict:
             logger.info("saved %s", saved)
         last = epoch + 1 == cfg.train.epochs
         if (epoch + 1) % cfg.train.eval_interval == 0 or last:
-            val = create_dataset(cfg, cfg.data.val_split, training=False, rank=rank, group_size=group_size)
+            val = create_dataset(cfg, "val", training=False, rank=rank, group_size=group_size)
             metrics = evaluate(net, val, cfg.model.num_classes, group_size=group_size)
             logger.info("epoch %d eval top1 %.4f top5 %.4f videos %d", epoch + 1, metrics["top1"],
                         metrics["top5"], metrics["videos"])

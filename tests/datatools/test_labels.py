@@ -9,6 +9,7 @@ import pytest
 from datatools.kinetics import CsvEntry, find_video, read_csv
 from datatools.cli import run_cli
 from datatools.labels import build_parser, class_names, main, write_labels
+from datatools import schema
 from datatools.schema import read_labels
 
 # Official K400/K700 layout: quoted labels with commas, an optional is_cc column.
@@ -40,6 +41,31 @@ def test_label_file_is_sorted_name_space_index_and_round_trips(tmp_path):
 def test_class_names_reject_multiline_names(tmp_path):
     with pytest.raises(ValueError, match="one line"):
         write_labels(class_names(["a", "b\nc"]), tmp_path / "labels.txt")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a 0\nb 0\n", r"labels\.txt:1,2: class index 0 is given to both 'a' and 'b': each index must name one class$"),
+    ("a 0\nb 1\n\na 2\n", r"labels\.txt:1,4: class 'a' is listed twice: each class must have one index$"),
+    ("a 0\nb 3\nc 1\n", r"labels\.txt:2: class indices must be 0\.\.2 without gaps, but index 2 is missing "
+                         r"\(1 missing; the highest is 3, at this line\)$"),
+])
+def test_label_file_refuses_repeated_indices_repeated_names_and_gaps(tmp_path, text, message):
+    """A repeated index silently dropped a class; each refusal names the file and the lines."""
+    path = tmp_path / "labels.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_labels(path)
+
+
+def test_a_split_is_bound_to_the_label_file_it_was_converted_with(tiny_records, tmp_path):
+    """The check datatools.inspect and the trainer share: same names, other indices, refused."""
+    assert schema.split_labels_problem(tiny_records.split("val"), tiny_records.labels) is None
+    other = write_labels(read_labels(tiny_records.labels)[::-1], tmp_path / "labels.txt")
+    problem = schema.split_labels_problem(tiny_records.split("val"), other)
+    assert problem.startswith(f"{tiny_records.split('val')} was converted with another label file "
+                              f"than {other} (sha256 ")
+    assert problem.endswith(f"reconvert it with --labels {other}, or use the label file it was "
+                            f"converted with") and "\n" not in problem
 
 
 @pytest.mark.parametrize("text, message", [

@@ -1,18 +1,27 @@
 """Clip sampler and decoder on numpy data; the loader on real converted records (tiny_records)."""
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import simplejpeg
 
-from datatools.manifest import read_rows
-from datatools.schema import LABEL, VIDEO_ID, pack_frames, sample_checksum
+from datatools.labels import write_labels
+from datatools.manifest import MANIFEST_NAME, META_SETTINGS, read_rows
+from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID, pack_frames, read_labels, sample_checksum
 from trainer.config import load_config
 from trainer.data import (CLIP, IGNORE_LABEL, MASK, MEAN, PROBLEM, STD, BadSample, ClipDecoder,
                           ClipSampler, EvalClips, TrainClips, create_dataset, records)
+from trainer.rundir import RunDir
+from trainer.train import train
+
+from tests.trainer.test_train import TINY
 
 DEMO = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -351,3 +360,75 @@ def test_split_must_exist(cfg):
         create_dataset(cfg, "nope", training=False)
     with pytest.raises(ValueError, match="rank must be in 0..7"):
         create_dataset(cfg, "val", training=False, rank=8, group_size=8)
+
+
+# ---- cross-file facts: label file <-> manifest <-> num_classes, split name <-> folder -----------
+
+def _run_config(root, out, *overrides):
+    return load_config(DEMO, [f"data.root={root}", f"train.output_dir={out}", "name=run", *TINY,
+                              "train.epochs=1", *overrides])
+
+
+def _no_step_taken(out: Path) -> bool:
+    run = RunDir(out / "run")
+    return not run.log.exists() and not run.epoch_checkpoints()
+
+
+def test_training_refuses_a_label_file_of_another_class_count_before_any_step(tiny_records, tmp_path):
+    """UCF101 records with the Kinetics recipe trained a 400-way head without a word."""
+    message = (f"{tiny_records.labels} has 4 classes but model.num_classes=5: set "
+               f"model.num_classes=4, or data.root to the records the model is for")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        train(_run_config(tiny_records, tmp_path, "model.num_classes=5"))
+    assert _no_step_taken(tmp_path)
+
+
+def _relabelled_root(tiny_records, base: Path) -> Path:
+    """tiny_records' splits under a label file with the same names at other indices."""
+    root = base / "records"
+    for split in ("train", "val"):
+        (root / split).parent.mkdir(parents=True, exist_ok=True)
+        (root / split).symlink_to(tiny_records.split(split))
+    write_labels(read_labels(tiny_records.labels)[::-1], root / LABELS_NAME)
+    return root
+
+
+def test_a_split_converted_with_another_label_file_is_refused(tiny_records, tmp_path):
+    root = _relabelled_root(tiny_records, tmp_path)
+    cfg = load_config(DEMO, [f"data.root={root}"])
+    for split, call in (("val", lambda: create_dataset(cfg, "val", training=False)),
+                        ("train", lambda: create_dataset(cfg, "train", training=True))):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(root / split))} was converted with "
+                                             f"another label file than "
+                                             f"{re.escape(str(root / LABELS_NAME))} "):
+            call()
+
+
+def test_training_checks_the_val_split_label_file_before_any_step(tiny_records, tmp_path):
+    """The val split is first read after an epoch: its label file is checked at the start."""
+    root = tmp_path / "records"
+    root.mkdir()
+    (root / LABELS_NAME).write_bytes(tiny_records.labels.read_bytes())
+    (root / "train").symlink_to(tiny_records.split("train"))
+    subprocess.run(["cp", "-r", "--sparse=always", str(tiny_records.split("val")), str(root)], check=True)
+    manifest = root / "val" / MANIFEST_NAME     # as a conversion with another labels.txt writes it
+    table = pq.read_table(manifest)
+    meta = dict(table.schema.metadata)
+    meta[META_SETTINGS] = json.dumps({**json.loads(meta[META_SETTINGS]), "labels_sha256": "0" * 64}).encode()
+    pq.write_table(table.replace_schema_metadata(meta), manifest)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(root / 'val'))} was converted with another "
+                                         f"label file than {re.escape(str(root / LABELS_NAME))} "):
+        train(_run_config(root, tmp_path / "runs"))
+    assert _no_step_taken(tmp_path / "runs")
+
+
+@pytest.mark.slow   # one tiny epoch
+def test_swapped_split_names_train_on_val_and_evaluate_on_train(tiny_records, tmp_path):
+    """Each name is resolved once: data.train_split=val trains on the val folder."""
+    cfg = _run_config(tiny_records, tmp_path, "data.train_split=val", "data.val_split=train",
+                      "model.width=4")
+    metrics = train(cfg)
+    windows, _ = RunDir(tmp_path / "run").read_log()
+    val_videos, train_videos = (len(_ok_ids(cfg, split)) for split in ("val", "train"))
+    assert windows[-1]["step"] == val_videos // cfg.data.batch_size
+    assert metrics["videos"] == train_videos != val_videos

@@ -8,6 +8,7 @@ from the planted logits by plain numpy, not from the code under test.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -31,10 +32,11 @@ from trainer import eval as trainer_eval
 from trainer.checkpoint import load_weights
 from trainer.config import load_config
 from trainer.data import CLIP, MASK, create_dataset
-from trainer.eval import TOP_K, evaluate
+from trainer.eval import TOP_K, evaluate, write_results
 from trainer.model import create_model
 from trainer.precision import PixelInput
 from trainer.runtime import init_runtime
+from trainer.scoring import video_scores
 
 from tests.conftest import TINY_SHORT_SIDE, TINY_SPEC, TINY_VIDEOS_PER_SHARD
 from tests.conftest import free_port
@@ -222,6 +224,49 @@ def test_evaluate_refuses_non_finite_logits(tiny_records):
     with pytest.raises(ValueError, match=rf"^video {first}: the network's logits are not finite "
                                          rf"\(nan\): .* \(and 11 more videos, logged\)$"):
         evaluate(net, dataset, tiny_cfg.model.num_classes)
+
+
+class _Recorder(nn.Cell):
+    """``net``, noting how many views each call takes."""
+
+    def __init__(self, net: nn.Cell) -> None:
+        super().__init__()
+        self.net = net
+        self.calls: list[int] = []
+
+    def construct(self, clips):
+        self.calls.append(clips.shape[0])
+        return self.net(clips)
+
+
+def test_views_go_through_the_network_in_chunks_with_the_same_scores(tiny_records):
+    """3 crops of 4 videos a batch: 12 views, at most test.batch_size=4 per call."""
+    tiny_cfg = load_config(DEMO, [f"data.root={tiny_records}", "model.width=4", "mode=pynative",
+                                  "test.crops=3", "test.batch_size=4"])
+    net = _Recorder(_tiny_net(tiny_cfg))
+    chunked = evaluate(net, create_dataset(tiny_cfg, "val", training=False), tiny_records.num_classes)
+    assert max(net.calls) == 4 and sum(net.calls) == 3 * 12
+    batch = next(create_dataset(tiny_cfg, "val", training=False).create_dict_iterator(
+        num_epochs=1, output_numpy=True))
+    clips = batch[CLIP]
+    whole = net.net(ms.Tensor(clips.reshape(-1, *clips.shape[2:]))).asnumpy()   # one call
+    expected = video_scores(whole.reshape(*clips.shape[:2], -1))
+    assert len(chunked["scores"]) == 12
+    for video_id, scores in zip(batch[VIDEO_ID], expected):
+        np.testing.assert_allclose(chunked["scores"][str(video_id)], scores, rtol=1e-6, atol=1e-9)
+
+
+def test_confusion_csv_quotes_class_names_with_commas(tmp_path):
+    """datatools.labels accepts 'cooking egg, fried': unquoted, it shifted every column."""
+    names = ["abseiling", "cooking egg, fried", 'say "cheese"']
+    confusion = [[2, 0, 1], [0, 3, 0], [1, 1, 4]]
+    result = {"top1": 0.75, "top5": 1.0, "videos": 12, "per_class": [2 / 3, 1.0, 4 / 6],
+              "confusion": confusion}
+    path = write_results(result, tmp_path / "result.json", names)
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["true\\predicted", *names],
+                    *([name, *map(str, row)] for name, row in zip(names, confusion))]
 
 
 def _env() -> dict:

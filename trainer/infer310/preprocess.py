@@ -25,7 +25,7 @@ from datatools.progress import Progress
 from datatools.schema import LABEL, LABELS_NAME, VIDEO_ID
 from trainer import cloud
 from trainer.config import Config, config_from_args, config_parser
-from trainer.data import CLIP, MASK, PROBLEM, bad_samples, create_dataset, views_per_video
+from trainer.data import CLIP, MASK, PROBLEM, bad_samples, create_dataset, split_name, views_per_video
 from trainer.infer310 import DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, clip_name
 
 __all__ = ["preprocess", "main"]
@@ -91,7 +91,7 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
 def main(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
     # In cloud mode data.root becomes the pulled copy of labels.txt and this split.
-    cfg = cloud.prepare(cfg, (cfg.data.get(f"{args.split}_split", args.split),))
+    cfg = cloud.prepare(cfg, (split_name(cfg, args.split),))
     setup_logging()
     meta = preprocess(cfg, args.out, args.split, float_input=args.float_input)
     print(f"videos={meta['videos']} clips={len(meta['files'])} clip_shape={meta['clip_shape']} "
