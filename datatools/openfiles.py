@@ -21,7 +21,7 @@ DESCRIPTORS_PER_SHARD = 4
 # The process's own: MindSpore's libraries and threads, sockets, logs, checkpoints.
 RESERVED_DESCRIPTORS = 256
 
-_shards_read = 0    # shards of every split this process has opened (pipelines may overlap)
+_splits_read: dict[str, int] = {}    # shards of each split this process reads (pipelines overlap)
 
 
 def shard_count(split_dir: str | Path) -> int:
@@ -29,16 +29,18 @@ def shard_count(split_dir: str | Path) -> int:
     return sum(1 for _ in Path(split_dir).glob(f"{SHARD_PREFIX}*{RECORD_SUFFIX}"))
 
 
-def ensure_open_files(split_dir: str | Path) -> int:
-    """Raise this process's soft open-file limit as far as reading ``split_dir`` needs, on top of
-    the splits it read before; returns the limit. A hard limit below the need is a ValueError
-    naming the numbers and the fixes, before any pipeline starts."""
-    global _shards_read
-    shards = shard_count(split_dir)
-    need = RESERVED_DESCRIPTORS + DESCRIPTORS_PER_SHARD * (_shards_read + shards)
+def ensure_open_files(split_dir: str | Path, shards: int | None = None) -> int:
+    """Raise this process's soft open-file limit as far as reading ``split_dir`` (``shards`` of
+    its shard files, default all) needs, on top of the other splits it reads (a training process
+    holds train and val open; reading a split again adds nothing); returns the limit. A hard
+    limit below the need is a ValueError naming the numbers and the fixes, before any pipeline
+    starts."""
+    shards = shard_count(split_dir) if shards is None else shards
+    others = sum(n for split, n in _splits_read.items() if split != str(Path(split_dir).resolve()))
+    need = RESERVED_DESCRIPTORS + DESCRIPTORS_PER_SHARD * (others + shards)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _splits_read[str(Path(split_dir).resolve())] = shards
     if soft == resource.RLIM_INFINITY or soft >= need:
-        _shards_read += shards
         return soft
     if hard != resource.RLIM_INFINITY and hard < need:
         raise ValueError(f"{split_dir} has {shards} shards: reading it takes about {need} open files, "
@@ -46,5 +48,4 @@ def ensure_open_files(split_dir: str | Path) -> int:
                          f"(nofile in /etc/security/limits.conf, or `ulimit -n {need}` where the hard "
                          f"limit allows it), or convert with more --videos-per-shard (fewer shards)")
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-    _shards_read += shards
     return need

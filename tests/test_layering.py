@@ -1,7 +1,8 @@
 """The package layering of docs/design.md §1: benchmarks -> trainer -> datatools, and the trainer
-sees only datatools' on-disk contract (schema, manifest, and frames: how stored frames decode),
-its command-line plumbing (cli, progress), for trainer.predict the converter's decode path (video) and, for trainer.cloud, its
-OBS transfers (obs, sync)."""
+sees only datatools' on-disk contract (schema, manifest, frames: how stored frames decode, and
+openfiles: what reading a split's shards takes), its command-line plumbing (cli, progress), for
+trainer.predict the converter's decode path (video) and, for trainer.cloud, its OBS transfers
+(obs, sync)."""
 from __future__ import annotations
 
 import ast
@@ -9,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER_MAY_IMPORT = {"datatools.schema", "datatools.manifest", "datatools.frames", "datatools.cli",
-                      "datatools.progress",
+                      "datatools.progress", "datatools.openfiles",
                       "datatools.video", "datatools.obs", "datatools.sync"}
 
 

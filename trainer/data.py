@@ -34,6 +34,7 @@ from PIL import Image
 
 from datatools.frames import FrameError, codec_of, stored_frames
 from datatools.manifest import JPEG, ok_shard_paths, read_manifest, read_settings, source_sizes
+from datatools.openfiles import ensure_open_files
 from datatools.schema import (CHECKSUM, FRAMES, LABEL, LABELS_NAME, NUM_FRAMES, OFFSETS, VIDEO_ID,
                               read_labels, sample_checksum, split_labels_problem)
 from trainer.config import RESIZE_MODES, TEST_CROPS, Config, ConfigError
@@ -465,6 +466,7 @@ def records(cfg: Config, split: str, *, training: bool, rank: int = 0, group_siz
     shards = ok_shard_paths(split_dir(cfg, split))
     if not shards:
         raise FileNotFoundError(f"no converted videos in {split_dir(cfg, split)}")
+    ensure_open_files(split_dir(cfg, split), len(shards))
     # MindDataset's shuffle seed is global; it must be the same on every rank (docs/design.md §4).
     ds.config.set_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
     sharding = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
