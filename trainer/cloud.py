@@ -25,12 +25,12 @@ from typing import Any, Callable, Iterator, Sequence
 from datatools.obs import Bucket, ObsError, ObsUrl, is_obs_url, parse_url
 from datatools.schema import LABELS_NAME
 from datatools.sync import Progress, phase_of, sync
-from trainer.config import Config
+from trainer.config import Config, check_run_name
 from trainer.rundir import RunDir, atomic_path
 from trainer.runtime import distributed_launch
 
 __all__ = ["MARKER", "local_rank", "launch_token", "once_per_node", "wait_for", "pull_records",
-           "prepare", "checkpoint", "pull_run", "push_run", "push_outputs"]
+           "prepare", "checkpoint", "pull_run", "clear_run", "push_run", "push_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -244,10 +244,14 @@ def prepare(cfg: Config, splits: Sequence[str]) -> Config:
 
 
 def _run_url(cfg: Config) -> ObsUrl | None:
-    """``<train_url>/<name>`` when train_url is on OBS."""
+    """``<train_url>/<name>`` when train_url is on OBS. The name is checked here too, whatever
+    built the config: the run's objects are deleted under this prefix (train.overwrite), and an
+    empty name or one with ``/`` or ``..`` would name train_url itself (every run there, or the
+    whole bucket) or a prefix outside it."""
     url = cfg.cloud.train_url
     if not url or not is_obs_url(url):
         return None
+    check_run_name(cfg.name)
     where = parse_url(url)
     return ObsUrl(where.bucket, where.key(cfg.name))
 
@@ -275,15 +279,11 @@ def _match_remote_run(cfg: Config, run: RunDir, url: ObsUrl) -> None:
     bucket = Bucket(url.bucket, cfg.cloud.endpoint)
     prefix = url.key("")
     remote = [o.key[len(prefix):] for o in bucket.list(prefix)]
-    if cfg.train.resume is None and remote:
-        if not cfg.train.overwrite:
-            raise ValueError(f"{url} already holds a run ({len(remote)} files): resume it with "
-                             f"train.resume=auto, start another with a new name=, or replace it "
-                             f"with train.overwrite=true")
-        for relative in remote:
-            bucket.delete(url.key(relative))
-        logger.info("train.overwrite: deleted the %d files of %s", len(remote), url)
-    elif cfg.train.resume == "auto":
+    if cfg.train.resume is None and remote and not cfg.train.overwrite:
+        raise ValueError(f"{url} already holds a run ({len(remote)} files): resume it with "
+                         f"train.resume=auto, start another with a new name=, or replace it "
+                         f"with train.overwrite=true")
+    if cfg.train.resume == "auto":
         pushed = max((PurePosixPath(r).name for r in remote if PurePosixPath(r).parent.name
                       == RunDir.CHECKPOINTS), key=_epoch_order, default="")
         latest = run.latest_checkpoint()
@@ -298,11 +298,27 @@ def pull_run(cfg: Config) -> None:
     """Before training with train_url on OBS. ``train.resume=auto`` takes the run pushed to
     <train_url>/<name>/ when its newest checkpoint is newer than this node's, so a preempted job
     on a fresh machine goes on from its last pushed epoch. A new run (no resume) refuses a name
-    under which train_url holds a run, unless ``train.overwrite``, which deletes that run there."""
+    under which train_url holds a run, unless ``train.overwrite`` (``clear_run`` deletes that run
+    there, later: after the new run's own checks)."""
     url = _run_url(cfg)
     if url is not None:
         run = RunDir.of(cfg)
         once_per_node(run.path, str(url), lambda: _match_remote_run(cfg, run, url))
+
+
+def clear_run(cfg: Config) -> None:
+    """Rank 0, with train.overwrite and no resume, once every check of the new run passed:
+    delete the run pushed to <train_url>/<name>/ (``pull_run`` only checked it), so the new run's
+    pushes never mix with the old one's files."""
+    url = _run_url(cfg)
+    if url is None or cfg.train.resume is not None or not cfg.train.overwrite:
+        return
+    bucket = Bucket(url.bucket, cfg.cloud.endpoint)
+    stored = list(bucket.list(url.key("")))
+    for found in stored:
+        bucket.delete(found.key)
+    if stored:
+        logger.info("train.overwrite: deleted the %d files of %s", len(stored), url)
 
 
 def push_run(cfg: Config, run: RunDir, *, final: bool = False) -> None:

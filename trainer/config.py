@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -18,7 +19,8 @@ import yaml
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "config_parser", "config_from_args",
            "DEVICE_TARGETS", "AUTO_DEVICE", "MODES", "RESIZE_MODES", "BLOCKS_PER_STAGE",
            "XCEPTION_VARIANTS", "LR_SCHEDULES", "AMP_LEVELS", "LOSS_SCALE_MANAGERS",
-           "TEST_CROPS", "NULLABLE_TYPES", "RULES"]
+           "TEST_CROPS", "NULLABLE_TYPES", "RULES", "RUN_NAME", "run_name_problem",
+           "check_run_name"]
 
 BASE_KEY = "base"
 
@@ -34,6 +36,10 @@ LR_SCHEDULES = ("step", "cosine")
 AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
 LOSS_SCALE_MANAGERS = ("dynamic", "fixed")
 TEST_CROPS = (1, 3)    # spatial test crops: the centre | left, centre, right along the long side
+
+# A run name is one folder below train.output_dir (and <train_url>/): an empty name, ".." or a "/"
+# would make the run folder output_dir itself or one outside it, which train.overwrite clears.
+RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 # The type of each key whose recipe default is null (a null cannot say it). Only these keys may
 # be null; any other null fails at load time.
@@ -121,6 +127,20 @@ def _non_empty(value: Any, data: Mapping) -> str | None:
     return None if value is None or (isinstance(value, str) and value.strip()) else "a non-empty string"
 
 
+def run_name_problem(name: Any) -> str | None:
+    """None for a usable run name, else what a run name must be (also checked where a run folder
+    is deleted, whatever built the config)."""
+    ok = isinstance(name, str) and RUN_NAME.fullmatch(name) and name not in (".", "..")
+    return None if ok else "letters, digits, '.', '_' or '-' (one folder name, not '.' or '..')"
+
+
+def check_run_name(name: Any) -> None:
+    """Raise ConfigError unless ``name`` is one folder name (see ``RUN_NAME``)."""
+    problem = run_name_problem(name)
+    if problem:
+        raise ConfigError(f"name must be {problem}, got {name!r}")
+
+
 def _location(value: Any, data: Mapping) -> str | None:
     """Null, a local path, or an OBS URL that datatools.obs parses (imported only for a URL: it
     loads the OBS SDK)."""
@@ -145,6 +165,7 @@ def _increasing_epochs(value: Any, data: Mapping) -> str | None:
 _POSITIVE = _range(1)
 # Checked in this order, so a key that limits another (data.short_side) passes its rule first.
 RULES: dict[str, Rule] = {
+    "name": lambda value, data: run_name_problem(value),
     "seed": _range(0),
     "device_target": _one_of(DEVICE_TARGETS),
     "mode": _one_of(MODES),

@@ -13,15 +13,18 @@ file under a final name. Imports no MindSpore: ``trainer.plot`` reads a run with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from trainer.config import Config
+from trainer.config import Config, check_run_name
 
 __all__ = ["RunDir", "atomic_path"]
+
+logger = logging.getLogger(__name__)
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.ckpt$")
 
@@ -57,6 +60,9 @@ class RunDir:
 
     @classmethod
     def of(cls, cfg: Config) -> "RunDir":
+        """``<train.output_dir>/<name>``; a name that is not one folder name is refused (it would
+        make the run folder output_dir itself, or one outside it)."""
+        check_run_name(cfg.name)
         return cls(Path(cfg.train.output_dir) / cfg.name)
 
     def __repr__(self) -> str:
@@ -104,18 +110,29 @@ class RunDir:
         """Whether an earlier run wrote here (a log, a checkpoint or best weights)."""
         return self.log.is_file() or self.best_weights.is_file() or bool(self.epoch_checkpoints())
 
-    def claim(self, resuming: bool, overwrite: bool) -> None:
-        """Refuse to train from scratch into another run's folder, or clear it on request.
+    def claim(self, resuming: bool, overwrite: bool, auto: bool = False) -> str | None:
+        """Refuse to train from scratch into another run's folder; else why an earlier run's files
+        must be cleared first (None: nothing to clear).
 
         Two runs in one folder would interleave their train.jsonl, overwrite some checkpoints and
-        keep the other run's best.ckpt.
+        keep the other run's best.ckpt. With ``auto`` (train.resume=auto and no epoch checkpoint
+        to resume from) a run that never finished its first epoch starts over: nothing of value
+        is lost. Reads only: every rank asks, rank 0 alone ``clear``s, once every other check
+        passed.
         """
         if resuming or not self.holds_a_run():
-            return
+            return None
+        if auto and not self.best_weights.is_file():
+            return (f"train.resume=auto, and it holds no epoch checkpoint yet ({self.describe()}): "
+                    f"the run stopped in its first epoch, starting it over")
         if not overwrite:
             raise ValueError(f"{self.path} already holds a run ({self.describe()}): resume it with "
                              f"train.resume=auto, start another with a new name=, or replace it "
                              f"with train.overwrite=true")
+        return f"train.overwrite=true: replacing the run it holds ({self.describe()})"
+
+    def clear(self) -> None:
+        """Delete the files of an earlier run (``claim`` said why)."""
         for path in (self.log, self.best_weights, self.best_score, self.curves, self.config,
                      *self.epoch_checkpoints()):
             path.unlink(missing_ok=True)
@@ -148,14 +165,41 @@ class RunDir:
         if not self.log.is_file():
             raise FileNotFoundError(f"no {self.LOG} in {self.path}: is it a run folder of trainer.train?")
         kept: list[dict] = []
-        for line in self.log.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                while kept and kept[-1]["step"] >= record["step"] and \
-                        not (kept[-1]["step"] == record["step"] and "top1" in record):
-                    kept.pop()
-                kept.append(record)
+        for record in self._records():
+            while kept and kept[-1]["step"] >= record["step"] and \
+                    not (kept[-1]["step"] == record["step"] and "top1" in record):
+                kept.pop()
+            kept.append(record)
         return [r for r in kept if "loss" in r], [r for r in kept if "top1" in r]
+
+    def _records(self) -> list[dict]:
+        """The log's JSON lines. A torn last line (a run killed mid-write) is skipped with a
+        warning; a torn line before it is an error naming the file and line."""
+        lines = self.log.read_text().splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if number < len(lines):
+                    raise ValueError(f"{self.log} line {number} is not JSON ({line[:40]!r}): the "
+                                     f"log is damaged; fix or delete that line") from None
+                logger.warning("%s: skipped its torn last line %d (a run stopped while writing it)",
+                               self.log, number)
+        return records
+
+    def mend_log(self) -> None:
+        """Cut a torn last line off the log (a run killed mid-write) before a resumed run appends
+        to it: written after it, the next line would be torn too, and no longer the last."""
+        if not self.log.is_file():
+            return
+        text = self.log.read_bytes()
+        if text and not text.endswith(b"\n"):
+            with self.log.open("r+b") as f:
+                f.truncate(text.rfind(b"\n") + 1)
+            logger.warning("%s: cut its torn last line (a run stopped while writing it)", self.log)
 
     def best_top1(self) -> float:
         """The best validation top-1 so far, -1 before the first evaluation."""

@@ -33,7 +33,7 @@ from trainer.eval import evaluate
 from trainer.model import create_model
 from trainer.precision import PixelInput, cast_network
 from trainer.pretrained import load_pretrained
-from trainer.rundir import RunDir
+from trainer.rundir import RunDir, atomic_path
 from trainer.runtime import all_reduce_counts, all_reduce_sum, init_runtime
 from trainer.schedule import build_lr
 from trainer.train_step import PendingStep, StepResult, build_train_cell, launch_step
@@ -231,6 +231,20 @@ def _resume_path(cfg: Config, run: RunDir) -> Path | None:
     return Path(cfg.train.resume)
 
 
+def _take_run_folder(cfg: Config, run: RunDir, clearing: str | None) -> None:
+    """Rank 0, once the model, the data and the resumed state passed their checks: clear an
+    earlier run's files (``clearing`` says why; with train.overwrite, also the run pushed to
+    train_url), cut a torn last log line, write the config.
+    Nothing in the folder is touched before a check that could refuse the run."""
+    if clearing:
+        logger.info("%s: %s", run.path, clearing)
+        run.clear()
+    cloud.clear_run(cfg)
+    run.mend_log()
+    with atomic_path(run.config) as tmp:
+        save_config(cfg, tmp)
+
+
 def train(cfg: Config) -> dict:
     """Train to ``train.epochs``; returns the last evaluation (empty if none ran)."""
     rank, group_size = init_runtime(cfg)
@@ -238,18 +252,17 @@ def train(cfg: Config) -> dict:
     # After init_runtime: msrun's cluster start-up times out if a rank pulls before joining.
     cfg = cloud.prepare(cfg, (cfg.data.train_split, cfg.data.val_split))
     cloud.pull_run(cfg)
+    check_records(cfg)   # labels.txt against model.num_classes and both splits, before any step
     run = RunDir.of(cfg)
     is_writer = rank == 0
     resume = _resume_path(cfg, run)
-    run.claim(resuming=resume is not None, overwrite=cfg.train.overwrite)
+    clearing = run.claim(resuming=resume is not None, overwrite=cfg.train.overwrite,
+                         auto=cfg.train.resume == "auto")
     done = checkpoint_epoch(resume) if resume is not None else 0
     if done >= cfg.train.epochs:
         logger.info("%s is finished: %s holds epoch %d of train.epochs=%d; raise train.epochs to "
                     "extend it", run.path, resume, done, cfg.train.epochs)
         return {}
-    if is_writer:
-        run.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.config)
     run_log = RunLog(run if is_writer else None)
     ms.set_seed(cfg.seed)
     started = time.perf_counter()
@@ -259,7 +272,6 @@ def train(cfg: Config) -> dict:
         load_pretrained(net, cfg.model.pretrained)
     # The network trainer.eval and trainer.predict run: cast alike, taking the loader's pixels.
     net = PixelInput(cast_network(net, cfg))
-    check_records(cfg)   # labels.txt against model.num_classes and both splits, before any step
     steps_per_epoch = create_dataset(cfg, "train", training=True, rank=rank,
                                      group_size=group_size).get_dataset_size()
     lr = build_lr(cfg.train, steps_per_epoch)
@@ -268,9 +280,11 @@ def train(cfg: Config) -> dict:
     if resume is not None:
         start_epoch, step = restore_training_state(train_cell, resume, steps_per_epoch)
         logger.info("resumed from %s: %d epochs, %d steps done", resume, start_epoch, step)
+    if is_writer:
+        _take_run_folder(cfg, run, clearing)
     bad = BadSamples(cfg.data.max_bad_samples, group_size, split_dir(cfg, "train"))
     overflows = OverflowStreak()
-    best = run.best_top1()
+    best = run.best_top1() if is_writer else -1.0   # only rank 0 saves best.ckpt
     logger.info("run %s: %d ranks, %d steps/epoch, %d clips/step, epochs %d..%d",
                 run.path, group_size, steps_per_epoch, cfg.data.batch_size * group_size,
                 start_epoch + 1, cfg.train.epochs)

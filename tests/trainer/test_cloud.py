@@ -200,8 +200,27 @@ def test_pushes_keep_what_the_run_keeps_and_a_new_run_never_mixes_with_a_pushed_
     cloud.pull_run(config("d", "train.resume=auto"))            # an empty machine takes the pushed run
     assert [p.name for p in RunDir(tmp_path / "d" / "pushed").epoch_checkpoints()] == [
         "epoch-0002.ckpt", "epoch-0003.ckpt"]
-    cloud.pull_run(config("e", "train.overwrite=true"))         # a new run in its place
+    cloud.pull_run(config("e", "train.overwrite=true"))         # a new run in its place: checked,
+    assert len(_remote_files(bucket, "runs/pushed")) == 3       # deleted only once training's own
+    cloud.clear_run(config("e", "train.overwrite=true"))        # checks passed (trainer.train)
     assert _remote_files(bucket, "runs/pushed") == set()
+
+
+def test_overwrite_never_deletes_more_than_one_run_folder_below_train_url(bucket, tmp_path):
+    """``name=`` with train.overwrite deleted every object under train_url: here the whole bucket.
+    The config refuses such a name; so does the cloud code, whatever built the config."""
+    keys = {"runs/a/train.jsonl", "runs/b/checkpoints/epoch-0001.ckpt", "k400/labels.txt"}
+    (tmp_path / "object").write_bytes(b"kept")
+    storage = Bucket(bucket)
+    for key in keys:
+        storage.upload(tmp_path / "object", key)
+    cfg = load_config(DEMO, [f"cloud.train_url=obs://{bucket}", "train.overwrite=true",
+                             f"train.output_dir={tmp_path / 'runs'}"])
+    cfg["name"] = ""                                             # past load_config's rule
+    for step in (cloud.pull_run, cloud.clear_run):
+        with pytest.raises(ValueError, match=r"^name must be letters, digits"):
+            step(cfg)
+    assert {o.key for o in storage.list("")} == keys and not (tmp_path / "runs").exists()
 
 
 def test_local_locations_are_used_as_they_are(tmp_path):

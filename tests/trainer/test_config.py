@@ -47,6 +47,16 @@ def test_bad_overrides_name_the_key(override, fragment):
         load_config(DEMO, [override])
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", "../elsewhere", "a/b", "/abs", "run 1"])
+def test_a_run_name_is_one_folder_name(name):
+    """An empty name made train.output_dir itself the run folder, and '..' or '/' one outside it:
+    the folders train.overwrite clears (and, with an OBS train_url, every run there)."""
+    with pytest.raises(ConfigError, match=rf"^name must be letters, digits, '\.', '_' or '-' \(one "
+                                          rf"folder name, not '\.' or '\.\.'\), got {re.escape(repr(name))}$"):
+        load_config(DEMO, [f"name={name}"])
+    assert load_config(DEMO, ["name=k400_r50.v2-b"]).name == "k400_r50.v2-b"
+
+
 def test_bad_key_in_a_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"base: {RECIPE}\ntrain:\n  epohcs: 3\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -62,16 +63,61 @@ def test_epoch_checkpoints_sort_by_number_and_prune(tmp_path):
 
 
 def test_a_reused_run_name_is_refused_unless_resumed_or_overwritten(tmp_path):
+    """``claim`` only reads (every rank runs it; a slow rank's claim used to delete the
+    config.yaml rank 0 had just written): ``clear``, on rank 0, deletes."""
     run = RunDir(tmp_path / "demo")
-    run.claim(resuming=False, overwrite=False)              # a new folder: nothing to refuse
+    assert run.claim(resuming=False, overwrite=False) is None     # a new folder: nothing to refuse
     _write_log(run, [_window(1, 2)])
     run.epoch_checkpoint(1).parent.mkdir(parents=True)
     run.epoch_checkpoint(1).write_bytes(b"x")
+    run.write_text(run.config, "name: demo\n")
     with pytest.raises(ValueError, match=r"already holds a run \(train.jsonl, 1 epoch checkpoint\(s\)\): "
                                          r"resume it with train.resume=auto, start another with a "
                                          r"new name=, or replace it with train.overwrite=true"):
         run.claim(resuming=False, overwrite=False)
-    run.claim(resuming=True, overwrite=False)               # a resume continues the run
-    assert run.log.is_file()
-    run.claim(resuming=False, overwrite=True)               # overwrite clears the old run
-    assert not run.holds_a_run() and not run.log.exists()
+    assert run.claim(resuming=True, overwrite=False) is None      # a resume continues the run
+    assert run.claim(resuming=False, overwrite=True).startswith("train.overwrite=true: replacing")
+    assert run.log.is_file() and run.config.is_file() and run.latest_checkpoint()   # nothing deleted
+    run.clear()
+    assert not run.holds_a_run() and not run.log.exists() and not run.config.exists()
+
+
+def test_resume_auto_starts_over_a_run_stopped_in_its_first_epoch(tmp_path):
+    """Ctrl-C before the first epoch checkpoint left train.jsonl only: resume=auto refused with
+    "resume it with train.resume=auto", the setting given."""
+    run = RunDir(tmp_path / "demo")
+    _write_log(run, [_window(1, 2)])
+    reason = run.claim(resuming=False, overwrite=False, auto=True)
+    assert reason == ("train.resume=auto, and it holds no epoch checkpoint yet (train.jsonl): the run "
+                      "stopped in its first epoch, starting it over")
+    run.write_text(run.best_weights, "weights")               # something of value: refused
+    with pytest.raises(ValueError, match="already holds a run"):
+        run.claim(resuming=False, overwrite=False, auto=True)
+
+
+def test_a_torn_last_log_line_is_skipped_once_and_cut_before_a_resume_appends(tmp_path, caplog):
+    """A run killed while writing train.jsonl: the end-of-run summary raised (exit 2, no final
+    push), and a resumed run's next line would have followed the torn one on its line."""
+    run = RunDir(tmp_path / "run")
+    _write_log(run, [_window(1, 2), _window(1, 4)])
+    with run.log.open("a") as f:
+        f.write('{"epoch": 1, "step": 6, "lo')
+    with caplog.at_level("WARNING", logger="trainer.rundir"):
+        assert [r["step"] for r in run.read_log()[0]] == [2, 4]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{run.log}: skipped its torn last line 3 (a run stopped while writing it)"]
+    run.mend_log()
+    _write_log(run, [_window(1, 6)])
+    assert [r["step"] for r in run.read_log()[0]] == [2, 4, 6]
+    assert run.log.read_text().count("\n") == 3
+
+
+def test_a_torn_line_before_the_last_names_the_file_and_line(tmp_path):
+    run = RunDir(tmp_path / "run")
+    _write_log(run, [_window(1, 2)])
+    with run.log.open("a") as f:
+        f.write('{"epoch": 1, "st\n')
+    _write_log(run, [_window(1, 4)])
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(run.log))} line 2 is not JSON "
+                                         + re.escape("""('{"epoch": 1, "st'): the log is damaged""")):
+        run.read_log()

@@ -9,19 +9,24 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mindspore as ms
 import numpy as np
 import pytest
 
+import trainer.train as train_module
 from trainer.config import load_config
 from trainer.rundir import RunDir
-from trainer.train import MAX_CONSECUTIVE_SKIPS, TooManyBadSamples, TrainingDiverged, train
+from trainer.train import (MAX_CONSECUTIVE_SKIPS, TooManyBadSamples, TrainingDiverged, summary_lines,
+                           train)
 
 from tests.trainer.conftest import LEARN_VAL_PER_CLASS, finetune_config, logged
+from tests.trainer.inprocess import run_module
 from tests.trainer.test_config import DEMO, REPO
 
 TINY = ["model.width=8", "data.batch_size=4", "train.lr_schedule=step", "train.lr_milestones=[1]",
@@ -120,6 +125,36 @@ def test_overwrite_replaces_the_old_run(one_epoch_run, tiny_records, tmp_path):
     assert [w["step"] for w in windows] == [2, 4] and len(evals) == 1   # one run's log, not two
 
 
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("overrides", [
+    ("train.resume=auto", "model.depth=101"),                # not the checkpoint's network
+    ("train.resume=auto", "data.root={missing}"),
+    ("train.overwrite=true", "data.root={missing}"),         # the old run was deleted first
+])
+def test_a_refused_resume_or_overwrite_leaves_the_run_folder_as_it_was(one_epoch_run, tiny_records,
+                                                                      tmp_path, overrides):
+    """config.yaml was replaced (and, with train.overwrite, the old run deleted) before the
+    resumed checkpoint or the records were checked."""
+    run_dir = _copy(one_epoch_run, tmp_path, "kept")
+    before = _files(run_dir)
+    overrides = [o.format(missing=tmp_path / "missing") for o in overrides]
+    with pytest.raises((ValueError, FileNotFoundError)):
+        train(_config(tiny_records, tmp_path, "kept", "train.epochs=2", *overrides))
+    assert _files(run_dir) == before
+
+
+def test_the_summary_of_a_run_with_a_torn_last_log_line(one_epoch_run, tmp_path):
+    """The end-of-run summary raised on it after training was done: exit 2, no final push."""
+    run_dir = _copy(one_epoch_run, tmp_path, "torn")
+    with (run_dir / "train.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "step": 5, "lo')
+    lines = summary_lines(RunDir(run_dir), {}, 1.0)
+    assert lines[1].startswith("best top1 ") and (run_dir / "curves.png").is_file()
+
+
 @pytest.mark.parametrize("lr, stop", [
     ("1e30", r"step \d+: loss is (nan|inf)"),
     # The loss stays finite (~1e13) while 28 BatchNorm moving variances overflow: this used to be
@@ -179,6 +214,34 @@ def test_altered_samples_are_skipped_counted_and_logged_once(altered_records, tm
                                                 rf"run datatools\.inspect {split}"):
         train(_config(altered_records, tmp_path, "strict", "train.epochs=1", "data.max_bad_samples=1"))
     assert RunDir(tmp_path / "strict").latest_checkpoint() is None
+
+
+def test_ctrl_c_in_the_first_epoch_then_resume_auto_starts_the_run_over(tiny_records, tmp_path, capsys):
+    """Ctrl-C after the first log line, before epoch 1's checkpoint (16 steps at batch 1), then
+    the same command with train.resume=auto (as re-running ``make demo`` does): it used to refuse
+    with "resume it with train.resume=auto" forever. (``make demo`` itself trains for minutes; this
+    is its training command at tiny settings, re-run in-process.)"""
+    args = ["--config", DEMO, f"data.root={tiny_records}", f"train.output_dir={tmp_path}",
+            "name=interrupted", *TINY, "model.width=4", "data.batch_size=1", "train.log_interval=1",
+            "train.epochs=1", "train.resume=auto"]
+    run = RunDir(tmp_path / "interrupted")
+    first = subprocess.Popen([sys.executable, "-m", "trainer.train", *map(str, args)], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run.log.is_file() and run.log.read_text().count("\n")) and first.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) != 0, first.stderr.read()
+    assert run.log.is_file() and run.latest_checkpoint() is None   # stopped inside epoch 1
+
+    capsys.readouterr()
+    assert run_module(train_module, args) == 0, capsys.readouterr().err
+    assert "no epoch checkpoint yet (train.jsonl): the run stopped in its first epoch, starting it " \
+           "over" in capsys.readouterr().out
+    windows, evaluations = run.read_log()
+    assert [w["step"] for w in windows] == list(range(1, 17)) and len(evaluations) == 1
+    assert [p.name for p in run.epoch_checkpoints()] == ["epoch-0001.ckpt"]
 
 
 def test_train_cli_reports_missing_records_in_one_line(tmp_path):
