@@ -79,7 +79,7 @@ class Reason:
     UNKNOWN_LABEL = "unknown label"
     DUPLICATE_ID = "duplicate video_id"
     NO_LABEL = "no label"                   # a video list line without a label (datatools.lists)
-    OUTSIDE_VIDEOS = "outside --videos"     # a list path that is absolute or climbs out with ..
+    OUTSIDE_VIDEOS = "outside --videos"     # a list path, CSV label or id that is absolute or climbs out with ..
     # Failures a new copy of the source can cure (a finished download, a re-download; a cut-off
     # index reads as no video stream): a re-run retries them once their source file changed.
     # Unknown labels, duplicate ids, missing labels and outside paths come from the CSV or list

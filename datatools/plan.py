@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -19,7 +19,8 @@ from datatools.manifest import AUTO_PAGE, MB, NO_SHARD, DoneMarker, ManifestRow,
 from datatools.pages import AUTO_PAGES, PageRange, choose_page, sample_bytes
 from datatools.video import VideoError, encode_video
 
-__all__ = ["Entry", "VideoTask", "ShardTask", "assign_shards", "plan_shards", "settle_page"]
+__all__ = ["Entry", "VideoTask", "ShardTask", "outside_videos", "assign_shards", "plan_shards",
+           "settle_page"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ class Entry(Protocol):
     @property
     def problem(self) -> str: ...           # a failure reason known from the line alone, or ""
     def locate(self, videos_root: str | Path) -> Path | None: ...
+
+
+def outside_videos(where: str, *parts: str) -> str:
+    """The failure reason of an entry whose path under --videos is joined from ``parts`` when
+    one of them is absolute or climbs out with ``..`` (a join would read a file outside
+    --videos), else "". Every entry kind applies this rule before it looks for its file."""
+    if any(PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts for p in parts):
+        return Reason.text(Reason.OUTSIDE_VIDEOS, f"{'/'.join(parts)!r} at {where}")
+    return ""
 
 
 @dataclass(frozen=True)
