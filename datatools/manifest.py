@@ -76,6 +76,7 @@ class Reason:
     TRUNCATED = "truncated"
     UNSUPPORTED_ROTATION = "unsupported rotation"
     TOO_LARGE = "too large"
+    ENCODE_ERROR = "encode error"           # anything else a video made the decoder or encoder raise
     UNKNOWN_LABEL = "unknown label"
     DUPLICATE_ID = "duplicate video_id"
     NO_LABEL = "no label"                   # a video list line without a label (datatools.lists)
@@ -85,7 +86,8 @@ class Reason:
     # Unknown labels, duplicate ids, missing labels and outside paths come from the CSV or list
     # and labels.txt, which a resume keeps;
     # rotation and size come from how the video was shot.
-    RETRYABLE = frozenset({MISSING, EMPTY, CANNOT_OPEN, NO_VIDEO_STREAM, NO_FRAMES, TRUNCATED})
+    RETRYABLE = frozenset({MISSING, EMPTY, CANNOT_OPEN, NO_VIDEO_STREAM, NO_FRAMES, TRUNCATED,
+                           ENCODE_ERROR})
 
     @staticmethod
     def text(kind: str, detail: str = "") -> str:

@@ -17,7 +17,7 @@ import numpy as np
 
 from datatools.manifest import AUTO_PAGE, MB, NO_SHARD, DoneMarker, ManifestRow, Reason, Settings
 from datatools.pages import AUTO_PAGES, PageRange, choose_page, sample_bytes
-from datatools.video import VideoError, encode_video
+from datatools.video import encode_or_reason
 
 __all__ = ["Entry", "VideoTask", "ShardTask", "outside_videos", "assign_shards", "plan_shards",
            "settle_page"]
@@ -168,9 +168,8 @@ def _probed_page(tasks: list[ShardTask], pages: PageRange) -> int:
 def _sample_size(task: ShardTask, video: VideoTask, max_bytes: int) -> int | None:
     """Bytes of ``video``'s sample encoded with the task's settings, None if it fails to encode."""
     s = task.settings
-    try:
-        encoded = encode_video(video.source, s, task.decode_threads, max_bytes=max_bytes)
-    except VideoError:
+    encoded = encode_or_reason(video.source, s, task.decode_threads, max_bytes=max_bytes)
+    if isinstance(encoded, str):
         return None
     return sample_bytes(len(encoded.frames), sum(map(len, encoded.frames)))
 

@@ -199,3 +199,45 @@ def test_cli_rejects_a_page_size_out_of_range(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --page-mb must be auto or from 0.03125 to 256 in multiples of 4 bytes, got 300"], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _two_videos(base) -> tuple:
+    videos = base / "videos"
+    for name in ("a", "b"):
+        bad_videos.good(videos / "walk" / f"{name}_000000_000010.mp4", num_frames=3)
+    (base / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                    "walk,a,0,10,train\nwalk,b,0,10,train\n")
+    (base / "labels.txt").write_text("walk 0\n")
+    return base / "train.csv", videos, base / "labels.txt", base / "out"
+
+
+def _failing_resize(monkeypatch, error: BaseException, times: int) -> None:
+    """cv2.resize raising ``error`` on its first ``times`` calls, as a video cv2 cannot take makes it."""
+    import cv2
+    resize, calls = cv2.resize, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise error
+        return resize(*args, **kwargs)
+    monkeypatch.setattr(cv2, "resize", failing)
+
+
+def test_a_video_that_makes_cv2_raise_is_a_failed_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    import cv2
+    _failing_resize(monkeypatch, cv2.error("OpenCV(4.10) resize.cpp:4152: error: (-215:Assertion "
+                                           "failed)\n  !ssize.empty() in function 'resize'\n"), times=1)
+    result = convert(*_two_videos(tmp_path), SETTINGS, backend="threading")
+    assert sorted(r.reason for r in result.rows) == [
+        "", "encode error: cv2.error: OpenCV(4.10) resize.cpp:4152: error: (-215:Assertion failed) "
+            "!ssize.empty() in function 'resize'"]
+    assert len(read_split(tmp_path / "out")) == 1
+
+
+def test_a_probe_video_that_runs_out_of_memory_does_not_stop_the_auto_page(tmp_path, monkeypatch):
+    _failing_resize(monkeypatch, MemoryError("cannot allocate 1 GB"), times=10**6)
+    auto = Settings(codec=JPEG, short_side=32, quality=85, max_fps=None, videos_per_shard=3, seed=0,
+                    page_size=-1)
+    result = convert(*_two_videos(tmp_path), auto, backend="threading")
+    assert [r.reason for r in result.rows] == ["encode error: MemoryError: cannot allocate 1 GB"] * 2
