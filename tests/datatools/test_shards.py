@@ -128,7 +128,7 @@ def _convert_stub_shard(tmp_path, monkeypatch, frame_sizes: list[list[int]], pag
         rng = np.random.default_rng(int(source[1:4]))
         return EncodedVideo([rng.bytes(n) for n in sources[source]], 25.0, 340, 256, 340, 256)
 
-    monkeypatch.setattr(shards, "encode_video", encode)
+    monkeypatch.setattr(shards, "encode_or_reason", encode)
     settings = Settings(codec=JPEG, short_side=256, quality=90, max_fps=None, videos_per_shard=len(sources), seed=0,
                         page_size=page)
     videos = tuple(VideoTask(i, name[:4], 0, "walk", name) for i, name in enumerate(sources))
