@@ -49,6 +49,11 @@ class CsvEntry:
     def locate(self, videos_root: str | Path) -> Path | None:
         return find_video(videos_root, self)
 
+    def tried(self, videos_root: str | Path) -> str:
+        exts = ",".join(ext.lstrip(".") for ext in VIDEO_EXTENSIONS)
+        return ", ".join(f"{Path(videos_root) / folder / self.video_id}.{{{exts}}}"
+                         for folder in _folders(self))
+
 
 def read_csv(path: str | Path) -> list[CsvEntry]:
     """Rows of a Kinetics CSV in file order.
@@ -97,10 +102,14 @@ def _time(path: Path, line: int, text: str) -> int:
 def find_video(root: str | Path, entry: CsvEntry) -> Path | None:
     """The first existing file among the accepted layouts, or None."""
     root = Path(root)
-    folders = dict.fromkeys([entry.label, entry.label.replace(" ", "_"), ""])
-    for folder in folders:
+    for folder in _folders(entry):
         for ext in VIDEO_EXTENSIONS:
             candidate = root / folder / f"{entry.video_id}{ext}"
             if candidate.is_file():
                 return candidate
     return None
+
+
+def _folders(entry: CsvEntry) -> list[str]:
+    """The folders under the root a video may be in: its label's, with underscores, the root."""
+    return list(dict.fromkeys([entry.label, entry.label.replace(" ", "_"), ""]))

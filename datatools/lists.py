@@ -65,6 +65,9 @@ class ListEntry:
         path = Path(videos_root) / self.relpath
         return path if path.is_file() else None
 
+    def tried(self, videos_root: str | Path) -> str:
+        return str(Path(videos_root) / self.relpath)
+
 
 def read_entries(csv_path: str | Path | None, video_list: str | None) -> list[Entry]:
     """The entries of a Kinetics CSV or of a video list (exactly one must be given); an empty

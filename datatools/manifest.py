@@ -29,7 +29,7 @@ __all__ = [
     "MANIFEST_NAME", "LOCK_NAME", "STATUS_OK", "STATUS_FAILED", "NO_SHARD", "Reason", "reason_kind",
     "ManifestRow", "MANIFEST_SCHEMA", "Settings", "ShardFiles", "FileDigest", "SourceStamp",
     "source_stamp", "DoneMarker", "shard_index", "write_manifest", "read_manifest", "rows_of", "read_rows",
-    "read_settings", "read_digests", "ok_shard_paths", "source_sizes", "AUTO", "AUTO_PAGE", "page_size_of",
+    "read_settings", "read_meta", "read_input", "InputId", "shards_on_disk", "read_digests", "ok_shard_paths", "source_sizes", "AUTO", "AUTO_PAGE", "page_size_of",
     "JPEG", "H264", "CODECS", "X264_PRESETS",
 ]
 
@@ -265,6 +265,20 @@ def source_stamp(path: str) -> SourceStamp:
     return (path, st.st_size, st.st_mtime_ns) if st else (path, -1, -1)
 
 
+@dataclass(frozen=True)
+class InputId:
+    """The CSV or list a split is converted from: its name as given and the sha256 of its
+    entries (video id and label, in order). A resume must be of the same entries: another
+    input into a split would silently replace its videos."""
+
+    name: str
+    sha256: str
+
+    @classmethod
+    def of(cls, name: str, entries: Iterable[tuple[str, str]]) -> "InputId":
+        return cls(name, hashlib.sha256(json.dumps(list(entries)).encode()).hexdigest())
+
+
 ORDER = "order"     # a marker row's CSV position, stored beside its manifest columns
 
 
@@ -283,13 +297,14 @@ class DoneMarker:
     rows: tuple[tuple[int, ManifestRow], ...]           # (CSV order, row) of the shard's videos
     files: dict[str, FileDigest]            # by file name
     sources: dict[str, SourceStamp]         # by video_id
+    input: InputId | None = None            # None: a marker written before inputs were stored
 
     def write(self, files: ShardFiles) -> None:
         """Atomically create the marker: temp file, fsync, rename."""
         content = {"settings": self.settings.to_dict(), "labels_sha256": self.labels_sha256,
                    "rows": [{ORDER: order, **row.to_dict()} for order, row in self.rows],
                    "files": {name: asdict(d) for name, d in self.files.items()},
-                   "sources": self.sources}
+                   "sources": self.sources, **({"input": asdict(self.input)} if self.input else {})}
         with open(files.done_tmp, "w") as f:
             json.dump(content, f)
             f.flush()
@@ -305,7 +320,8 @@ class DoneMarker:
             return cls(Settings.from_dict(stored["settings"]), stored["labels_sha256"],
                        tuple((row.pop(ORDER), ManifestRow(**row)) for row in stored["rows"]),
                        {name: FileDigest(**d) for name, d in stored["files"].items()},
-                       {vid: tuple(stamp) for vid, stamp in stored["sources"].items()})
+                       {vid: tuple(stamp) for vid, stamp in stored["sources"].items()},
+                       InputId(**stored["input"]) if "input" in stored else None)
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -362,10 +378,36 @@ def read_rows(split_dir: str | Path) -> list[ManifestRow]:
     return rows_of(read_manifest(split_dir))
 
 
+def read_meta(table: pa.Table) -> dict:
+    """What the converter stored with a manifest: its settings and where its inputs came from
+    (``csv`` or ``list``, ``labels``, ``labels_sha256``, ``input_sha256``); {} if nothing."""
+    return json.loads((table.schema.metadata or {}).get(META_SETTINGS, b"{}"))
+
+
 def read_settings(table: pa.Table) -> Settings | None:
     """The conversion settings stored with a manifest (None for a manifest without them)."""
-    stored = json.loads((table.schema.metadata or {}).get(META_SETTINGS, b"{}"))
+    stored = read_meta(table)
     return Settings.from_dict(stored) if "short_side" in stored else None
+
+
+def read_input(split_dir: str | Path) -> InputId | None:
+    """The input the split in ``split_dir`` was converted from: the finished split's (its
+    manifest), else a half-done one's (a done marker's); None if there is none or it was
+    converted before inputs were stored."""
+    if (Path(split_dir) / MANIFEST_NAME).is_file():
+        meta = read_meta(read_manifest(split_dir))
+        name = meta.get("csv", meta.get("list", ""))
+        return InputId(name, meta["input_sha256"]) if "input_sha256" in meta else None
+    markers = (DoneMarker.read(ShardFiles.of(split_dir, i).done) for i in shards_on_disk(split_dir))
+    return next((m.input for m in markers if m is not None and m.input is not None), None)
+
+
+def shards_on_disk(split_dir: str | Path) -> list[int]:
+    """Indices of the shards any of whose files (``ShardFiles``) is in ``split_dir``."""
+    folder = Path(split_dir)
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    digits = {n[len(SHARD_PREFIX):len(SHARD_PREFIX) + 5] for n in names if n.startswith(SHARD_PREFIX)}
+    return sorted(int(d) for d in digits if d.isdigit())
 
 
 def read_digests(table: pa.Table) -> dict[str, FileDigest]:

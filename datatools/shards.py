@@ -172,7 +172,8 @@ def _convert(task: ShardTask, files: ShardFiles) -> ShardRows:
     with open(files.spool, "wb") as spool:
         for v in task.videos:
             stamp = source_stamp(v.source)          # before decoding: a later change is a change
-            video = encode_or_reason(v.source, s, task.decode_threads, max_bytes=s.page_size)
+            video = (encode_or_reason(v.source, s, task.decode_threads, max_bytes=s.page_size)
+                     if v.source else Reason.text(Reason.MISSING, f"tried {v.tried}"))
             if isinstance(video, str):
                 rows.append((v.order, v.row(task.index, video)))
                 if rows[-1][1].retryable:
@@ -194,7 +195,7 @@ def _convert(task: ShardTask, files: ShardFiles) -> ShardRows:
             rows.append((v.order, _ok_row(v, task.index, video)))
     digests = _write_record(files, spooled, s) if spooled else {}
     files.spool.unlink()
-    DoneMarker(s, task.labels_sha256, tuple(rows), digests, sources).write(files)
+    DoneMarker(s, task.labels_sha256, tuple(rows), digests, sources, task.input).write(files)
     return rows
 
 
