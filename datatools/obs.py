@@ -4,7 +4,8 @@ from the environment, and transfers that either end verified or fail with one li
 Credentials come only from the environment (``OBS_ACCESS_KEY_ID``, ``OBS_SECRET_ACCESS_KEY``,
 optional ``OBS_SECURITY_TOKEN``), read by the SDK itself on every request (its ENV policy): this
 module never holds, logs or prints them, and error lines carry the URL, the HTTP status and the
-error code, never a server's message about a refused credential. The endpoint is ``OBS_ENDPOINT``
+error code, never a server's message about a refused credential; any other message is scrubbed of
+the credentials' values (``scrubbed``). The endpoint is ``OBS_ENDPOINT``
 or a caller's value.
 
 The SDK (``esdk-obs-python``) reports a refused request as ``resp.status >= 300`` and raises only
@@ -36,7 +37,7 @@ from typing import Any, BinaryIO, Callable
 
 from obs import ObsClient, PutObjectHeader
 
-__all__ = ["SCHEME", "ObsError", "ObsUrl", "parse_url", "is_obs_url", "ObjectInfo", "ObjectStat",
+__all__ = ["SCHEME", "ObsError", "scrubbed", "ObsUrl", "parse_url", "is_obs_url", "ObjectInfo", "ObjectStat",
            "FileDigest", "Bucket", "retrying", "refuse_oversized", "endpoint_from_env"]
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 SCHEME = "obs://"
 ENV_ENDPOINT = "OBS_ENDPOINT"
 ENV_CREDENTIALS = ("OBS_ACCESS_KEY_ID", "OBS_SECRET_ACCESS_KEY")   # + optional OBS_SECURITY_TOKEN
+ENV_TOKEN = "OBS_SECURITY_TOKEN"
 SHA256_META = "sha256"          # user metadata: x-obs-meta-sha256 (x-amz-meta-sha256 under v2/v4)
 ATTEMPTS = 4                    # tries of one request before giving up
 BACKOFF_SECONDS = 0.5           # waits 0.5, 1, 2 s between tries
@@ -68,7 +70,22 @@ _DENIED = "access denied: check OBS_ACCESS_KEY_ID, OBS_SECRET_ACCESS_KEY and OBS
 
 
 class ObsError(OSError):
-    """A request OBS refused or that could not reach it, as one line (run_cli: exit 1)."""
+    """A request OBS refused or that could not reach it, as one line (run_cli: exit 1), without
+    the credentials a server's message may quote (``scrubbed``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(scrubbed(message))
+
+
+def scrubbed(text: str) -> str:
+    """``text`` with each credential of the environment replaced by its variable's name: a
+    server's message may quote the request's (S3's 400 AuthorizationHeaderMalformed quotes the
+    access key id), and every line that leaves this module goes through here."""
+    for name in (*ENV_CREDENTIALS, ENV_TOKEN):
+        value = os.environ.get(name, "")
+        if value:
+            text = text.replace(value, f"<{name}>")
+    return text
 
 
 @dataclass(frozen=True)
@@ -180,7 +197,7 @@ def retrying(what: str, url: str, endpoint: str, call: Callable[[], Any],
             if resp.status < 500 and resp.status != 429:
                 raise ObsError(f"{what} {url}: {failure}")
         if attempt + 1 < ATTEMPTS:
-            log.warning("%s %s: %s; retrying", what, url, failure)
+            log.warning("%s %s: %s; retrying", what, url, scrubbed(failure))
             time.sleep(BACKOFF_SECONDS * 2 ** attempt)
     raise ObsError(f"{what} {url}: {failure} (after {ATTEMPTS} attempts)")
 
