@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
@@ -237,20 +237,28 @@ class ShardFiles:
 
 @dataclass(frozen=True)
 class FileDigest:
-    """Size and sha256 of a file as it was written and verified: what a kept shard must still be."""
+    """Size and hashes of a file, from one read. Size and sha256 are what a kept shard must still
+    be (markers and manifests store them: ``stored``); the MD5, computed only when asked, is what
+    OBS checks a transfer with (Content-MD5; the ETag of an unencrypted single-part object)."""
 
     size: int
     sha256: str
+    md5: str = field(default="", compare=False)     # hex; "" unless ``of(..., md5=True)``
 
     @classmethod
-    def of(cls, path: str | Path) -> "FileDigest":
+    def of(cls, path: str | Path, md5: bool = False) -> "FileDigest":
         """Hash the file in HASH_BLOCK reads (shards are far larger than memory should hold)."""
-        digest, size = hashlib.sha256(), 0
+        sha, md, size = hashlib.sha256(), hashlib.md5() if md5 else None, 0
         with open(path, "rb") as f:
             while block := f.read(HASH_BLOCK):
-                digest.update(block)
+                sha.update(block)
+                if md is not None:
+                    md.update(block)
                 size += len(block)
-        return cls(size, digest.hexdigest())
+        return cls(size, sha.hexdigest(), md.hexdigest() if md is not None else "")
+
+    def stored(self) -> dict:
+        return {"size": self.size, "sha256": self.sha256}
 
 
 SourceStamp = tuple[str, int, int]      # (path, size, mtime_ns) of a source; -1, -1 if not a file
@@ -303,7 +311,7 @@ class DoneMarker:
         """Atomically create the marker: temp file, fsync, rename."""
         content = {"settings": self.settings.to_dict(), "labels_sha256": self.labels_sha256,
                    "rows": [{ORDER: order, **row.to_dict()} for order, row in self.rows],
-                   "files": {name: asdict(d) for name, d in self.files.items()},
+                   "files": {name: d.stored() for name, d in self.files.items()},
                    "sources": self.sources, **({"input": asdict(self.input)} if self.input else {})}
         with open(files.done_tmp, "w") as f:
             json.dump(content, f)
@@ -342,7 +350,7 @@ def write_manifest(rows: Iterable[ManifestRow], out_dir: str | Path, settings: S
     rows = list(rows)
     columns = {f.name: [getattr(r, f.name) for r in rows] for f in MANIFEST_SCHEMA}
     meta = {**settings.to_dict(), **extra_meta}
-    shards = {name: asdict(d) for name, d in sorted(digests.items())}
+    shards = {name: d.stored() for name, d in sorted(digests.items())}
     table = pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA).replace_schema_metadata({
         META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(), META_SETTINGS: json.dumps(meta).encode(),
         META_SHARDS: json.dumps(shards).encode()})

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
 import http.client
 import logging
 import os
@@ -37,8 +36,10 @@ from typing import Any, BinaryIO, Callable
 
 from obs import ObsClient, PutObjectHeader
 
+from datatools.manifest import FileDigest
+
 __all__ = ["SCHEME", "ObsError", "scrubbed", "ObsUrl", "parse_url", "is_obs_url", "ObjectInfo", "ObjectStat",
-           "FileDigest", "Bucket", "retrying", "refuse_oversized", "endpoint_from_env"]
+           "Bucket", "retrying", "refuse_oversized", "endpoint_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ ATTEMPTS = 4                    # tries of one request before giving up
 BACKOFF_SECONDS = 0.5           # waits 0.5, 1, 2 s between tries
 LIST_PAGE = 1000                # keys per listObjects page (OBS's maximum)
 MAX_PUT = 5 * 10**9             # OBS's largest single-PUT object (5 GB)
-CHUNK = 1 << 20                 # bytes hashed at a time
 BLOCK = 1 << 16                 # bytes downloaded at a time: an all-zero block is not written
 PARTIAL = ".obs-partial"        # a download in progress: hidden name beside the final one
 
@@ -132,25 +132,6 @@ class ObjectInfo:
 
     key: str
     size: int
-
-
-@dataclass(frozen=True)
-class FileDigest:
-    """A local file's size and hashes, from one read (``FileDigest.of``)."""
-
-    size: int
-    sha256: str
-    md5: str        # hex: sent as Content-MD5; the ETag of an unencrypted single-part object
-
-    @classmethod
-    def of(cls, path: Path) -> "FileDigest":
-        sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                sha.update(chunk)
-                md5.update(chunk)
-                size += len(chunk)
-        return cls(size, sha.hexdigest(), md5.hexdigest())
 
 
 @dataclass(frozen=True)
@@ -265,10 +246,10 @@ class Bucket:
 
     def upload(self, local: Path, key: str, digest: FileDigest | None = None,
                progress: Callable[[int], None] | None = None) -> ObjectStat:
-        """Store ``local`` as ``key`` with Content-MD5 and its sha256 in the metadata, then read
+        """Store ``local`` as ``key`` with Content-MD5 (``digest``: of ``local``, with its MD5) and its sha256 in the metadata, then read
         the object back (``ObjectStat.received``). ``progress`` gets the bytes sent so far."""
         refuse_oversized(self.url(key), local, digest.size if digest else local.stat().st_size)
-        digest = digest or FileDigest.of(local)
+        digest = digest or FileDigest.of(local, md5=True)
         header = PutObjectHeader(md5=base64.b64encode(bytes.fromhex(digest.md5)).decode(),
                                  contentLength=digest.size)
 
@@ -314,7 +295,7 @@ class Bucket:
 
         try:
             retrying("download", self.url(key), self.endpoint, get)
-            if not stored.holds(FileDigest.of(partial)):
+            if not stored.holds(FileDigest.of(partial, md5=True)):
                 raise ObsError(f"download {self.url(key)}: the bytes received do not match the "
                                f"object's {'sha256' if stored.sha256 else 'ETag'}")
             os.replace(partial, local)
