@@ -8,6 +8,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # caller's PYTHONPATH (CANN's set_env.sh puts its TBE/op-impl Python paths there) passes untouched.
 
 CONFIG ?= configs/demo.yaml
+# A variable's value as one shell word, exactly as given: $(value) keeps a $ in it from make, and
+# single quotes (each ' written '\'') keep spaces, $, backquotes and " from the shell.
+shell_quote = '$(subst ','\'',$(1))'
+quoted = $(call shell_quote,$(value $(1)))
 MASTER_PORT ?= 8118
 # Real Kinetics: make records CSV=kinetics400/train.csv VIDEOS=kinetics400/train SPLIT=train OUT=records/kinetics400
 CSV ?=
@@ -39,7 +43,7 @@ MSRUN = msrun --worker_num=$$(( $(NPROC) * $(NNODES) )) --local_worker_num=$(NPR
 	--log_dir=$(MSRUN_LOG) --join=True
 CKPT ?=
 # Without CKPT, eval and export use the run's best.ckpt (runs/<name>/best.ckpt).
-CKPT_ARG = $(if $(CKPT),--ckpt $(CKPT))
+CKPT_ARG = $(if $(value CKPT),--ckpt $(call quoted,CKPT))
 
 .PHONY: setup test test-fast records train train-8p eval predict package-310 export-310 demo
 
@@ -92,10 +96,12 @@ ifeq ($(CSV),)
 	done
 else
 	@# The label file comes from the first split converted (train); later splits reuse it.
-	test -f $(OUT)/labels.txt || $(PY) -m datatools.labels $(CSV) $(OUT)/labels.txt
-	$(PY) -m datatools.convert --csv $(CSV) --videos $(VIDEOS) --labels $(OUT)/labels.txt \
-		--out $(OUT)/$(SPLIT) --workers $(WORKERS) $(CODEC_ARG)
-	$(PY) -m datatools.inspect $(OUT)/$(SPLIT)
+	test -f $(call quoted,OUT)/labels.txt || \
+		$(PY) -m datatools.labels $(call quoted,CSV) $(call quoted,OUT)/labels.txt
+	$(PY) -m datatools.convert --csv $(call quoted,CSV) --videos $(call quoted,VIDEOS) \
+		--labels $(call quoted,OUT)/labels.txt --out $(call quoted,OUT)/$(call quoted,SPLIT) \
+		--workers $(WORKERS) $(CODEC_ARG)
+	$(PY) -m datatools.inspect $(call quoted,OUT)/$(call quoted,SPLIT)
 endif
 
 # The demo's records: records/demo in the converter's default codec, records/demo-<codec> for
@@ -129,8 +135,8 @@ endif
 # make predict VIDEO="videos/abseiling/x.mp4" [CKPT=...] [ARGS="--window 10 --out p.jsonl test.crops=3"]
 VIDEO ?=
 predict: setup
-	@test -n "$(VIDEO)" || { echo 'error: VIDEO is empty: make predict VIDEO=path/to/video.mp4' >&2; exit 2; }
-	$(PY) -m trainer.predict --config $(CONFIG) $(CKPT_ARG) "$(VIDEO)" $(ARGS)
+	@test -n $(call quoted,VIDEO) || { echo 'error: VIDEO is empty: make predict VIDEO=path/to/video.mp4' >&2; exit 2; }
+	$(PY) -m trainer.predict --config $(CONFIG) $(CKPT_ARG) $(call quoted,VIDEO) $(ARGS)
 
 # 310 path on two hosts. Host 1 (this checkout): `make package-310` exports a batch-1 MINDIR that
 # takes uint8 clips (normalization inside the graph), writes the val clips as uint8 .bin and

@@ -15,7 +15,7 @@ The same training clips (T×N frames sampled by ``ClipSampler``, one random crop
   (``benchmarks/peer.py``), in a plain loop: no dataset (the peer's own pipeline is not counted);
 - ``reference`` (JPEG splits): the model zoo's way: one pickle per video of its JPEG bytes as its
   video2pkl.py wrote them (protocol 2, ``benchmarks/footage.py``), read by a
-  ``GeneratorDataset``, decoded with PIL, cropped/flipped per image with PIL, normalized.
+  ``GeneratorDataset``, decoded with PIL, squashed to 341x256, cropped/flipped per image with PIL, normalized.
 
 The videos are ``--videos DIR`` (every video file below it) or by default 24 synthetic videos (150
 frames at 340x256), converted twice, JPEG q90 and h264 (crf 18, GOP 8: the converter's
@@ -118,12 +118,17 @@ def write_pickles(cfg: Config, out: Path) -> tuple[list[Path], int, int]:
     return paths, pickle_bytes, jpeg_bytes
 
 
+# The model zoo's loader squashes every frame to this size (width, height) before its crop, so it
+# reads any footage: a source smaller than the crop (176x144) included.
+ZOO_SIZE = (341, 256)
+
+
 class ReferenceClips:
     """The model zoo's per-video work: unpickle, PIL-decode the sampled frames, group
-    scale/crop/flip with PIL, stack, normalize to (T, 3N, crop, crop) float32."""
+    squash to ZOO_SIZE/crop/flip with PIL, stack, normalize to (T, 3N, crop, crop) float32."""
 
-    def __init__(self, sampler: ClipSampler, short_side: int, crop: int, seed: int) -> None:
-        self.sampler, self.short_side, self.crop = sampler, short_side, crop
+    def __init__(self, sampler: ClipSampler, crop: int, seed: int) -> None:
+        self.sampler, self.crop = sampler, crop
         self.rng = np.random.default_rng(seed)
         self.mean = np.asarray(MEAN, np.float32)
         self.std = np.asarray(STD, np.float32)
@@ -132,11 +137,9 @@ class ReferenceClips:
         _, label, jpegs = load_zoo_pickle(str(path))
         indices = self.sampler.train_indices(len(jpegs), self.rng)
         images = [Image.open(io.BytesIO(jpegs[i])).convert("RGB") for i in indices.ravel()]
-        width, height = images[0].size
-        if self.short_side and min(width, height) != self.short_side:     # 0: as stored
-            scale = self.short_side / min(width, height)
-            width, height = round(width * scale), round(height * scale)
-            images = [im.resize((width, height), Image.BILINEAR) for im in images]
+        if images[0].size != ZOO_SIZE:
+            images = [im.resize(ZOO_SIZE, Image.BILINEAR) for im in images]
+        width, height = ZOO_SIZE
         top = int(self.rng.integers(0, height - self.crop + 1))
         left = int(self.rng.integers(0, width - self.crop + 1))
         flip = self.rng.random() < 0.5
@@ -182,10 +185,10 @@ def run_records(cfg: Config, epoch: int, rounds: int) -> Iterator:
 
 
 def run_reference(split: Split, pickles: list[Path], epoch: int, rounds: int) -> Iterator:
-    """The model zoo's pipeline, frames scaled to the short side our loader scales them to."""
+    """The model zoo's pipeline: frames squashed to ZOO_SIZE, as it does."""
     cfg = split.cfg
     op = ReferenceClips(ClipSampler(cfg.data.num_segments, cfg.data.frames_per_segment),
-                        split.decoder.short_side, cfg.data.crop_size, seed=cfg.seed + epoch)
+                        cfg.data.crop_size, seed=cfg.seed + epoch)
     source = ds.GeneratorDataset([(np.array(str(p)),) for p in pickles * rounds], ["path"], shuffle=True)
     data = source.map(op, input_columns=["path"], output_columns=["clip", "label"],
                       num_parallel_workers=1, python_multiprocessing=False)

@@ -8,8 +8,9 @@ verify, mark done), so no frame data passes through this process, which only run
 reports. One converter at a time holds the output folder (``datatools.lock``). Re-running the same
 command keeps the shards marked done whose files still match their digests, redoes the rest, and
 retries videos that failed for a reason that can change once their source file changed; a resume
-must use the same settings and the same label file. A full disk stops the run with one line; it
-resumes where it stopped.
+must use the same settings, the same label file and the same entries (``manifest.InputId``), or
+``--replace`` the split. A full disk stops the run with one line; it resumes where it stopped. A
+run in which no video converted exits 1, naming the failed videos.
 
 The tasks run on joblib's local workers or on a Dask cluster (``datatools.cluster``), which
 writes onto storage this process shares. With ``--upload obs://bucket/prefix`` each task pushes
@@ -31,14 +32,15 @@ from functools import partial
 from pathlib import Path
 
 from datatools import schema
-from datatools.cli import non_negative_int, positive_int, run_cli
+from datatools.cli import EXIT_FAILED, non_negative_int, positive_int, run_cli
 from datatools.cluster import BACKENDS, DASK, ENV_SCHEDULER, Pool, open_pool
+from datatools.inspect import failed_lines
 from datatools.lists import LIST_FORMS, read_entries
 from datatools.lock import output_lock
 from datatools.manifest import (AUTO, CHROMA_420, CHROMA_SUBSAMPLINGS, CODECS, DEFAULT_CODEC, H264,
                                 JPEG, MANIFEST_NAME, MAX_PAGE, MB, MIN_PAGE, PAGE_ALIGN, X264_PRESETS,
-                                DoneMarker, FileDigest, ManifestRow, Settings, ShardFiles,
-                                page_size_of, write_manifest)
+                                DoneMarker, FileDigest, InputId, ManifestRow, Settings, ShardFiles,
+                                page_size_of, read_input, shards_on_disk, write_manifest)
 from datatools.pages import AUTO_PAGES, PageRange, disk_bytes
 from datatools.plan import PROBE_VIDEOS, ShardTask, plan_shards, settle_page
 from datatools.shards import Verdict, clear_shard, convert_shard, no_space_error, shard_verdict
@@ -49,6 +51,7 @@ __all__ = ["ConvertResult", "convert", "summary_lines", "main"]
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 5.0  # at most one progress line per this many seconds
+FAILED_SHOWN = 20       # failed videos the summary names (datatools.inspect --failed lists all)
 DEFAULT_QUALITY = 90
 H264_DEFAULTS = Settings(0, DEFAULT_QUALITY, None, 1, 0, codec=H264)     # the defaults of its fields
 JPEG_OPTIONS = {"quality": "--quality", "chroma": "--chroma"}
@@ -85,14 +88,17 @@ class _Resume:
 def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: str | Path,
             out_dir: str | Path, settings: Settings, workers: int = 1, backend: str = "loky",
             decode_threads: int = 1, video_list: str | None = None, scheduler: str | None = None,
-            upload: SplitPush | None = None, auto_pages: PageRange = AUTO_PAGES) -> ConvertResult:
+            upload: SplitPush | None = None, auto_pages: PageRange = AUTO_PAGES,
+            replace: bool = False) -> ConvertResult:
     """Convert one split of ``csv_path`` or, with ``csv_path=None``, of ``video_list`` (a
     ``datatools.lists`` spec); see the module docstring. ``backend="dask"`` runs the tasks on the
     cluster of the scheduler at ``scheduler``, else on a LocalCluster of ``workers`` processes;
     ``upload`` pushes the split to OBS as it converts; an ``auto`` page size (AUTO_PAGE) is
-    settled within ``auto_pages`` (``datatools.plan.settle_page``). Raises
-    ValueError/FileNotFoundError for unusable inputs before anything is written, OutputLocked
-    while another converter holds ``out_dir``, NoSpaceError when the disk fills."""
+    settled within ``auto_pages`` (``datatools.plan.settle_page``). An ``out_dir`` that holds
+    a split converted from other entries is refused unless ``replace``, which removes what it
+    holds once every check passed. Raises ValueError/FileNotFoundError for unusable inputs
+    before anything is written, OutputLocked while another converter holds ``out_dir``,
+    NoSpaceError when the disk fills."""
     settings.check()
     if not Path(videos_root).is_dir():
         raise FileNotFoundError(f"--videos folder not found: {videos_root}")
@@ -102,12 +108,14 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
     labels_sha256 = FileDigest.of(labels_path).sha256
     entries = read_entries(csv_path, video_list)
     source = {"list": video_list} if video_list is not None else {"csv": str(csv_path)}
+    given = InputId.of(next(iter(source.values())), ((e.video_id, e.label) for e in entries))
     out_dir = Path(out_dir)
     tasks, pre_failed = plan_shards(entries, {n: i for i, n in enumerate(names)}, videos_root,
-                                    out_dir, settings, labels_sha256, decode_threads)
+                                    out_dir, settings, labels_sha256, decode_threads, given)
     if upload is not None:
         upload.check(Path(labels_path))
     with open_pool(backend, workers, scheduler) as pool, output_lock(out_dir):
+        _claim_split(out_dir, given, replace)
         markers = [DoneMarker.read(ShardFiles.of(t.out_dir, t.index).done) for t in tasks]
         tasks, settings = settle_page(tasks, settings, markers, auto_pages)
         resume = _resume(tasks, markers, Path(labels_path), workers)
@@ -123,7 +131,7 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
         ordered = pre_failed + [pair for marker in markers for pair in marker.rows]
         rows = [row for _, row in sorted(ordered, key=lambda pair: pair[0])]
         _write_manifest(rows, out_dir, settings, markers, **source, labels=str(labels_path),
-                        labels_sha256=labels_sha256)
+                        labels_sha256=labels_sha256, input_sha256=given.sha256)
         if upload is not None:
             upload.finish(out_dir, Path(labels_path))
     # MindRecord files are sparse: allocated and apparent sizes differ.
@@ -132,6 +140,22 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
     retried_ok = sum(r.ok for r in rows if r.video_id in resume.retried)
     return ConvertResult(rows, len(tasks) - len(resume.todo), len(resume.todo), total, seconds, real,
                          apparent, resume.damaged, len(resume.retried), retried_ok)
+
+
+def _claim_split(out_dir: Path, given: InputId, replace: bool) -> None:
+    """Refuse a split converted from other entries than ``given`` (a resume must be of the same
+    input; a split stored before inputs were is taken as it is); with ``replace``, remove its
+    shards and manifest, whatever they hold, so the split is converted anew."""
+    if replace:
+        for index in shards_on_disk(out_dir):
+            clear_shard(out_dir, index)
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        return
+    stored = read_input(out_dir)
+    if stored is not None and stored.sha256 != given.sha256:
+        raise ValueError(f"{out_dir} holds a split converted from {stored.name}, not from {given.name} "
+                         f"(other videos or labels): convert into another --out, or add --replace "
+                         f"to replace that split")
 
 
 def _resume(tasks: list[ShardTask], markers: list[DoneMarker | None], labels_path: Path,
@@ -165,7 +189,7 @@ def _check_same_inputs(task: ShardTask, marker: DoneMarker, labels_path: Path) -
     if marker.settings != task.settings:
         raise ValueError(f"{task.out_dir} holds shards converted with other settings "
                          f"({marker.settings.to_dict()} vs {task.settings.to_dict()}); use another "
-                         f"--out or remove it")
+                         f"--out, or add --replace to replace that split")
     if marker.labels_sha256 != task.labels_sha256:
         raise ValueError(f"{task.out_dir} was converted with another label file than {labels_path} "
                          f"(sha256 {marker.labels_sha256[:12]}… vs {task.labels_sha256[:12]}…): use "
@@ -237,7 +261,7 @@ class _Progress:
 
 
 def summary_lines(result: ConvertResult) -> list[str]:
-    """The end-of-run table: ok / failed by reason kind, bytes, rate."""
+    """The end-of-run table: ok / failed by reason kind, bytes, rate; then the failed videos."""
     ok = [r for r in result.rows if r.ok]
     kinds = Counter(r.reason_kind for r in result.rows if not r.ok)
     lines = [f"{'status':<8} {'reason':<28} {'videos':>8}", f"{'ok':<8} {'':<28} {len(ok):>8}"]
@@ -255,7 +279,7 @@ def summary_lines(result: ConvertResult) -> list[str]:
         f"{result.videos_converted} videos in {result.seconds:.1f} s = {rate:.1f} videos/s",
         f"retried {result.retried} video(s) whose source changed, {result.retried_ok} now ok",
     ]
-    return lines
+    return lines + failed_lines(result.rows, FAILED_SHOWN)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "credentials from OBS_ACCESS_KEY_ID/OBS_SECRET_ACCESS_KEY[/OBS_SECURITY_TOKEN]")
     p.add_argument("--endpoint", default=None,
                    help="OBS endpoint for --upload (default: $OBS_ENDPOINT)")
+    p.add_argument("--replace", action="store_true",
+                   help="convert anew: remove the split --out holds (its shards and manifest) once "
+                        "every other check passed; without it, a split converted from another CSV "
+                        "or list, or with other settings, is refused")
     p.add_argument("--decode-threads", type=non_negative_int, default=1,
                    help="PyAV decoder threads per worker (default 1: the least CPU a video when "
                         "the workers fill the cores; 0: FFmpeg decides)")
@@ -335,8 +363,12 @@ def main(args: argparse.Namespace) -> int:
                         page_size=page_size_of(args.page_mb), **_codec_settings(args))
     result = convert(args.csv, args.videos, args.labels, args.out, settings, workers=args.workers,
                      backend=backend, decode_threads=args.decode_threads, video_list=args.list,
-                     scheduler=scheduler, upload=upload)
+                     scheduler=scheduler, upload=upload, replace=args.replace)
     print("\n".join(summary_lines(result)))
+    if not any(r.ok for r in result.rows):
+        print(f"error: no video of {args.csv or args.list} converted (reasons above): check --videos "
+              f"{args.videos} and the paths tried", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

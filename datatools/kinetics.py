@@ -3,12 +3,17 @@
 CSV: ``label,youtube_id,time_start,time_end,split[,is_cc]`` with a header line; labels may be
 quoted and hold commas. Videos live at ``<root>/<label>/<ytid>_<start:06d>_<end:06d>.mp4``; common
 download variants (label folder with underscores, ``.mkv``/``.webm``, a flat folder) are accepted.
+A label or youtube_id that is absolute or holds ``..`` is a failed row, as a list's path is
+(``datatools.plan.outside_videos``).
 """
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from datatools.plan import outside_videos
 
 __all__ = ["REQUIRED_COLUMNS", "VIDEO_EXTENSIONS", "CsvEntry", "read_csv", "find_video"]
 
@@ -37,11 +42,17 @@ class CsvEntry:
 
     @property
     def problem(self) -> str:
-        """A CSV row that parsed is always convertible (``read_csv`` refuses the others)."""
-        return ""
+        """Why the row cannot be converted whatever its file holds: a label or youtube_id that
+        would lead the video's path outside --videos (``read_csv`` refuses unparsable rows)."""
+        return outside_videos(self.where, self.label, self.video_id)
 
     def locate(self, videos_root: str | Path) -> Path | None:
         return find_video(videos_root, self)
+
+    def tried(self, videos_root: str | Path) -> str:
+        exts = ",".join(ext.lstrip(".") for ext in VIDEO_EXTENSIONS)
+        return ", ".join(f"{Path(videos_root) / folder / self.video_id}.{{{exts}}}"
+                         for folder in _folders(self))
 
 
 def read_csv(path: str | Path) -> list[CsvEntry]:
@@ -83,7 +94,7 @@ def _time(path: Path, line: int, text: str) -> int:
         value = float(text)
     except ValueError:
         raise ValueError(f"{path}:{line}: time must be a number of seconds, got {text!r}") from None
-    if value < 0 or value != int(value):
+    if not math.isfinite(value) or value < 0 or value != int(value):     # int() of inf/nan raises
         raise ValueError(f"{path}:{line}: time must be a whole number of seconds >= 0, got {text!r}")
     return int(value)
 
@@ -91,10 +102,14 @@ def _time(path: Path, line: int, text: str) -> int:
 def find_video(root: str | Path, entry: CsvEntry) -> Path | None:
     """The first existing file among the accepted layouts, or None."""
     root = Path(root)
-    folders = dict.fromkeys([entry.label, entry.label.replace(" ", "_"), ""])
-    for folder in folders:
+    for folder in _folders(entry):
         for ext in VIDEO_EXTENSIONS:
             candidate = root / folder / f"{entry.video_id}{ext}"
             if candidate.is_file():
                 return candidate
     return None
+
+
+def _folders(entry: CsvEntry) -> list[str]:
+    """The folders under the root a video may be in: its label's, with underscores, the root."""
+    return list(dict.fromkeys([entry.label, entry.label.replace(" ", "_"), ""]))

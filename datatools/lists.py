@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from datatools.kinetics import read_csv
 from datatools.manifest import Reason
-from datatools.plan import Entry
+from datatools.plan import Entry, outside_videos
 
 __all__ = ["ListEntry", "read_list", "read_entries", "LIST_FORMS"]
 
@@ -54,9 +54,9 @@ class ListEntry:
     @property
     def problem(self) -> str:
         """Why the line cannot be converted whatever its file holds, or ""."""
-        path = PurePosixPath(self.relpath)
-        if path.is_absolute() or ".." in path.parts:
-            return Reason.text(Reason.OUTSIDE_VIDEOS, f"{self.relpath!r} at {self.where}")
+        outside = outside_videos(self.where, self.relpath)
+        if outside:
+            return outside
         if not self.label:
             return Reason.text(Reason.NO_LABEL, self.where)
         return ""
@@ -64,6 +64,9 @@ class ListEntry:
     def locate(self, videos_root: str | Path) -> Path | None:
         path = Path(videos_root) / self.relpath
         return path if path.is_file() else None
+
+    def tried(self, videos_root: str | Path) -> str:
+        return str(Path(videos_root) / self.relpath)
 
 
 def read_entries(csv_path: str | Path | None, video_list: str | None) -> list[Entry]:

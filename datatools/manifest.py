@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
@@ -29,7 +29,7 @@ __all__ = [
     "MANIFEST_NAME", "LOCK_NAME", "STATUS_OK", "STATUS_FAILED", "NO_SHARD", "Reason", "reason_kind",
     "ManifestRow", "MANIFEST_SCHEMA", "Settings", "ShardFiles", "FileDigest", "SourceStamp",
     "source_stamp", "DoneMarker", "shard_index", "write_manifest", "read_manifest", "rows_of", "read_rows",
-    "read_settings", "read_digests", "ok_shard_paths", "source_sizes", "AUTO", "AUTO_PAGE", "page_size_of",
+    "read_settings", "read_meta", "read_input", "InputId", "shards_on_disk", "read_digests", "ok_shard_paths", "source_sizes", "AUTO", "AUTO_PAGE", "page_size_of",
     "JPEG", "H264", "CODECS", "X264_PRESETS",
 ]
 
@@ -76,16 +76,18 @@ class Reason:
     TRUNCATED = "truncated"
     UNSUPPORTED_ROTATION = "unsupported rotation"
     TOO_LARGE = "too large"
+    ENCODE_ERROR = "encode error"           # anything else a video made the decoder or encoder raise
     UNKNOWN_LABEL = "unknown label"
     DUPLICATE_ID = "duplicate video_id"
     NO_LABEL = "no label"                   # a video list line without a label (datatools.lists)
-    OUTSIDE_VIDEOS = "outside --videos"     # a list path that is absolute or climbs out with ..
+    OUTSIDE_VIDEOS = "outside --videos"     # a list path, CSV label or id that is absolute or climbs out with ..
     # Failures a new copy of the source can cure (a finished download, a re-download; a cut-off
     # index reads as no video stream): a re-run retries them once their source file changed.
     # Unknown labels, duplicate ids, missing labels and outside paths come from the CSV or list
     # and labels.txt, which a resume keeps;
     # rotation and size come from how the video was shot.
-    RETRYABLE = frozenset({MISSING, EMPTY, CANNOT_OPEN, NO_VIDEO_STREAM, NO_FRAMES, TRUNCATED})
+    RETRYABLE = frozenset({MISSING, EMPTY, CANNOT_OPEN, NO_VIDEO_STREAM, NO_FRAMES, TRUNCATED,
+                           ENCODE_ERROR})
 
     @staticmethod
     def text(kind: str, detail: str = "") -> str:
@@ -235,20 +237,28 @@ class ShardFiles:
 
 @dataclass(frozen=True)
 class FileDigest:
-    """Size and sha256 of a file as it was written and verified: what a kept shard must still be."""
+    """Size and hashes of a file, from one read. Size and sha256 are what a kept shard must still
+    be (markers and manifests store them: ``stored``); the MD5, computed only when asked, is what
+    OBS checks a transfer with (Content-MD5; the ETag of an unencrypted single-part object)."""
 
     size: int
     sha256: str
+    md5: str = field(default="", compare=False)     # hex; "" unless ``of(..., md5=True)``
 
     @classmethod
-    def of(cls, path: str | Path) -> "FileDigest":
+    def of(cls, path: str | Path, md5: bool = False) -> "FileDigest":
         """Hash the file in HASH_BLOCK reads (shards are far larger than memory should hold)."""
-        digest, size = hashlib.sha256(), 0
+        sha, md, size = hashlib.sha256(), hashlib.md5() if md5 else None, 0
         with open(path, "rb") as f:
             while block := f.read(HASH_BLOCK):
-                digest.update(block)
+                sha.update(block)
+                if md is not None:
+                    md.update(block)
                 size += len(block)
-        return cls(size, digest.hexdigest())
+        return cls(size, sha.hexdigest(), md.hexdigest() if md is not None else "")
+
+    def stored(self) -> dict:
+        return {"size": self.size, "sha256": self.sha256}
 
 
 SourceStamp = tuple[str, int, int]      # (path, size, mtime_ns) of a source; -1, -1 if not a file
@@ -261,6 +271,20 @@ def source_stamp(path: str) -> SourceStamp:
     except OSError:
         st = None
     return (path, st.st_size, st.st_mtime_ns) if st else (path, -1, -1)
+
+
+@dataclass(frozen=True)
+class InputId:
+    """The CSV or list a split is converted from: its name as given and the sha256 of its
+    entries (video id and label, in order). A resume must be of the same entries: another
+    input into a split would silently replace its videos."""
+
+    name: str
+    sha256: str
+
+    @classmethod
+    def of(cls, name: str, entries: Iterable[tuple[str, str]]) -> "InputId":
+        return cls(name, hashlib.sha256(json.dumps(list(entries)).encode()).hexdigest())
 
 
 ORDER = "order"     # a marker row's CSV position, stored beside its manifest columns
@@ -281,13 +305,14 @@ class DoneMarker:
     rows: tuple[tuple[int, ManifestRow], ...]           # (CSV order, row) of the shard's videos
     files: dict[str, FileDigest]            # by file name
     sources: dict[str, SourceStamp]         # by video_id
+    input: InputId | None = None            # None: a marker written before inputs were stored
 
     def write(self, files: ShardFiles) -> None:
         """Atomically create the marker: temp file, fsync, rename."""
         content = {"settings": self.settings.to_dict(), "labels_sha256": self.labels_sha256,
                    "rows": [{ORDER: order, **row.to_dict()} for order, row in self.rows],
-                   "files": {name: asdict(d) for name, d in self.files.items()},
-                   "sources": self.sources}
+                   "files": {name: d.stored() for name, d in self.files.items()},
+                   "sources": self.sources, **({"input": asdict(self.input)} if self.input else {})}
         with open(files.done_tmp, "w") as f:
             json.dump(content, f)
             f.flush()
@@ -303,7 +328,8 @@ class DoneMarker:
             return cls(Settings.from_dict(stored["settings"]), stored["labels_sha256"],
                        tuple((row.pop(ORDER), ManifestRow(**row)) for row in stored["rows"]),
                        {name: FileDigest(**d) for name, d in stored["files"].items()},
-                       {vid: tuple(stamp) for vid, stamp in stored["sources"].items()})
+                       {vid: tuple(stamp) for vid, stamp in stored["sources"].items()},
+                       InputId(**stored["input"]) if "input" in stored else None)
         except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -324,7 +350,7 @@ def write_manifest(rows: Iterable[ManifestRow], out_dir: str | Path, settings: S
     rows = list(rows)
     columns = {f.name: [getattr(r, f.name) for r in rows] for f in MANIFEST_SCHEMA}
     meta = {**settings.to_dict(), **extra_meta}
-    shards = {name: asdict(d) for name, d in sorted(digests.items())}
+    shards = {name: d.stored() for name, d in sorted(digests.items())}
     table = pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA).replace_schema_metadata({
         META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(), META_SETTINGS: json.dumps(meta).encode(),
         META_SHARDS: json.dumps(shards).encode()})
@@ -360,10 +386,36 @@ def read_rows(split_dir: str | Path) -> list[ManifestRow]:
     return rows_of(read_manifest(split_dir))
 
 
+def read_meta(table: pa.Table) -> dict:
+    """What the converter stored with a manifest: its settings and where its inputs came from
+    (``csv`` or ``list``, ``labels``, ``labels_sha256``, ``input_sha256``); {} if nothing."""
+    return json.loads((table.schema.metadata or {}).get(META_SETTINGS, b"{}"))
+
+
 def read_settings(table: pa.Table) -> Settings | None:
     """The conversion settings stored with a manifest (None for a manifest without them)."""
-    stored = json.loads((table.schema.metadata or {}).get(META_SETTINGS, b"{}"))
+    stored = read_meta(table)
     return Settings.from_dict(stored) if "short_side" in stored else None
+
+
+def read_input(split_dir: str | Path) -> InputId | None:
+    """The input the split in ``split_dir`` was converted from: the finished split's (its
+    manifest), else a half-done one's (a done marker's); None if there is none or it was
+    converted before inputs were stored."""
+    if (Path(split_dir) / MANIFEST_NAME).is_file():
+        meta = read_meta(read_manifest(split_dir))
+        name = meta.get("csv", meta.get("list", ""))
+        return InputId(name, meta["input_sha256"]) if "input_sha256" in meta else None
+    markers = (DoneMarker.read(ShardFiles.of(split_dir, i).done) for i in shards_on_disk(split_dir))
+    return next((m.input for m in markers if m is not None and m.input is not None), None)
+
+
+def shards_on_disk(split_dir: str | Path) -> list[int]:
+    """Indices of the shards any of whose files (``ShardFiles``) is in ``split_dir``."""
+    folder = Path(split_dir)
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    digits = {n[len(SHARD_PREFIX):len(SHARD_PREFIX) + 5] for n in names if n.startswith(SHARD_PREFIX)}
+    return sorted(int(d) for d in digits if d.isdigit())
 
 
 def read_digests(table: pa.Table) -> dict[str, FileDigest]:

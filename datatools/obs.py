@@ -4,7 +4,8 @@ from the environment, and transfers that either end verified or fail with one li
 Credentials come only from the environment (``OBS_ACCESS_KEY_ID``, ``OBS_SECRET_ACCESS_KEY``,
 optional ``OBS_SECURITY_TOKEN``), read by the SDK itself on every request (its ENV policy): this
 module never holds, logs or prints them, and error lines carry the URL, the HTTP status and the
-error code, never a server's message about a refused credential. The endpoint is ``OBS_ENDPOINT``
+error code, never a server's message about a refused credential; any other message is scrubbed of
+the credentials' values (``scrubbed``). The endpoint is ``OBS_ENDPOINT``
 or a caller's value.
 
 The SDK (``esdk-obs-python``) reports a refused request as ``resp.status >= 300`` and raises only
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
 import http.client
 import logging
 import os
@@ -36,20 +36,22 @@ from typing import Any, BinaryIO, Callable
 
 from obs import ObsClient, PutObjectHeader
 
-__all__ = ["SCHEME", "ObsError", "ObsUrl", "parse_url", "is_obs_url", "ObjectInfo", "ObjectStat",
-           "FileDigest", "Bucket", "retrying", "refuse_oversized", "endpoint_from_env"]
+from datatools.manifest import FileDigest
+
+__all__ = ["SCHEME", "ObsError", "scrubbed", "ObsUrl", "parse_url", "is_obs_url", "ObjectInfo", "ObjectStat",
+           "Bucket", "retrying", "refuse_oversized", "endpoint_from_env"]
 
 log = logging.getLogger(__name__)
 
 SCHEME = "obs://"
 ENV_ENDPOINT = "OBS_ENDPOINT"
 ENV_CREDENTIALS = ("OBS_ACCESS_KEY_ID", "OBS_SECRET_ACCESS_KEY")   # + optional OBS_SECURITY_TOKEN
+ENV_TOKEN = "OBS_SECURITY_TOKEN"
 SHA256_META = "sha256"          # user metadata: x-obs-meta-sha256 (x-amz-meta-sha256 under v2/v4)
 ATTEMPTS = 4                    # tries of one request before giving up
 BACKOFF_SECONDS = 0.5           # waits 0.5, 1, 2 s between tries
 LIST_PAGE = 1000                # keys per listObjects page (OBS's maximum)
 MAX_PUT = 5 * 10**9             # OBS's largest single-PUT object (5 GB)
-CHUNK = 1 << 20                 # bytes hashed at a time
 BLOCK = 1 << 16                 # bytes downloaded at a time: an all-zero block is not written
 PARTIAL = ".obs-partial"        # a download in progress: hidden name beside the final one
 
@@ -68,7 +70,22 @@ _DENIED = "access denied: check OBS_ACCESS_KEY_ID, OBS_SECRET_ACCESS_KEY and OBS
 
 
 class ObsError(OSError):
-    """A request OBS refused or that could not reach it, as one line (run_cli: exit 1)."""
+    """A request OBS refused or that could not reach it, as one line (run_cli: exit 1), without
+    the credentials a server's message may quote (``scrubbed``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(scrubbed(message))
+
+
+def scrubbed(text: str) -> str:
+    """``text`` with each credential of the environment replaced by its variable's name: a
+    server's message may quote the request's (S3's 400 AuthorizationHeaderMalformed quotes the
+    access key id), and every line that leaves this module goes through here."""
+    for name in (*ENV_CREDENTIALS, ENV_TOKEN):
+        value = os.environ.get(name, "")
+        if value:
+            text = text.replace(value, f"<{name}>")
+    return text
 
 
 @dataclass(frozen=True)
@@ -118,25 +135,6 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
-class FileDigest:
-    """A local file's size and hashes, from one read (``FileDigest.of``)."""
-
-    size: int
-    sha256: str
-    md5: str        # hex: sent as Content-MD5; the ETag of an unencrypted single-part object
-
-    @classmethod
-    def of(cls, path: Path) -> "FileDigest":
-        sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                sha.update(chunk)
-                md5.update(chunk)
-                size += len(chunk)
-        return cls(size, sha.hexdigest(), md5.hexdigest())
-
-
-@dataclass(frozen=True)
 class ObjectStat:
     """Size and digests of a stored object."""
 
@@ -180,7 +178,7 @@ def retrying(what: str, url: str, endpoint: str, call: Callable[[], Any],
             if resp.status < 500 and resp.status != 429:
                 raise ObsError(f"{what} {url}: {failure}")
         if attempt + 1 < ATTEMPTS:
-            log.warning("%s %s: %s; retrying", what, url, failure)
+            log.warning("%s %s: %s; retrying", what, url, scrubbed(failure))
             time.sleep(BACKOFF_SECONDS * 2 ** attempt)
     raise ObsError(f"{what} {url}: {failure} (after {ATTEMPTS} attempts)")
 
@@ -248,10 +246,10 @@ class Bucket:
 
     def upload(self, local: Path, key: str, digest: FileDigest | None = None,
                progress: Callable[[int], None] | None = None) -> ObjectStat:
-        """Store ``local`` as ``key`` with Content-MD5 and its sha256 in the metadata, then read
+        """Store ``local`` as ``key`` with Content-MD5 (``digest``: of ``local``, with its MD5) and its sha256 in the metadata, then read
         the object back (``ObjectStat.received``). ``progress`` gets the bytes sent so far."""
         refuse_oversized(self.url(key), local, digest.size if digest else local.stat().st_size)
-        digest = digest or FileDigest.of(local)
+        digest = digest or FileDigest.of(local, md5=True)
         header = PutObjectHeader(md5=base64.b64encode(bytes.fromhex(digest.md5)).decode(),
                                  contentLength=digest.size)
 
@@ -297,7 +295,7 @@ class Bucket:
 
         try:
             retrying("download", self.url(key), self.endpoint, get)
-            if not stored.holds(FileDigest.of(partial)):
+            if not stored.holds(FileDigest.of(partial, md5=True)):
                 raise ObsError(f"download {self.url(key)}: the bytes received do not match the "
                                f"object's {'sha256' if stored.sha256 else 'ETag'}")
             os.replace(partial, local)

@@ -99,7 +99,12 @@ def write_calls(sizes: Sequence[int], page_size: int) -> list[list[int]]:
     follows the first page and its slot, a hole under 1/ONE_CALL_PAGES of the file, stays.
     """
     pages = pack_pages(sizes, page_size)
-    return pages if len(pages) > ONE_CALL_PAGES else [[i for page in pages for i in page]]
+    return [[i for page in pages for i in page]] if _one_call(pages) else pages
+
+
+def _one_call(pages: list[list[int]]) -> bool:
+    """Whether ``write_calls`` writes a shard of these packed pages in one call."""
+    return len(pages) <= ONE_CALL_PAGES
 
 
 def layout_ratio(sizes: Sequence[int], page_size: int) -> float:
@@ -111,7 +116,7 @@ def layout_ratio(sizes: Sequence[int], page_size: int) -> float:
     """
     pages = pack_pages(sizes, page_size)
     header, raw = header_size(page_size, len(sizes)), RAW_BYTES_PER_SAMPLE * len(sizes)
-    end = raw if len(pages) <= ONE_CALL_PAGES else sum(sizes[i] for i in pages[-1])
+    end = raw if _one_call(pages) else sum(sizes[i] for i in pages[-1])
     return (header + len(pages) * page_size + end) / (header + sum(sizes) + raw)
 
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from datatools.manifest import AUTO_PAGE, MB, NO_SHARD, DoneMarker, ManifestRow, Reason, Settings
+from datatools.manifest import (AUTO_PAGE, MB, NO_SHARD, DoneMarker, InputId, ManifestRow, Reason,
+                                Settings)
 from datatools.pages import AUTO_PAGES, PageRange, choose_page, sample_bytes
-from datatools.video import VideoError, encode_video
+from datatools.video import encode_or_reason
 
-__all__ = ["Entry", "VideoTask", "ShardTask", "assign_shards", "plan_shards", "settle_page"]
+__all__ = ["Entry", "VideoTask", "ShardTask", "outside_videos", "assign_shards", "plan_shards",
+           "settle_page"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,16 @@ class Entry(Protocol):
     @property
     def problem(self) -> str: ...           # a failure reason known from the line alone, or ""
     def locate(self, videos_root: str | Path) -> Path | None: ...
+    def tried(self, videos_root: str | Path) -> str: ...    # where ``locate`` looks, for a missing file
+
+
+def outside_videos(where: str, *parts: str) -> str:
+    """The failure reason of an entry whose path under --videos is joined from ``parts`` when
+    one of them is absolute or climbs out with ``..`` (a join would read a file outside
+    --videos), else "". Every entry kind applies this rule before it looks for its file."""
+    if any(PurePosixPath(p).is_absolute() or ".." in PurePosixPath(p).parts for p in parts):
+        return Reason.text(Reason.OUTSIDE_VIDEOS, f"{'/'.join(parts)!r} at {where}")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class VideoTask:
     label: int
     label_name: str
     source: str
+    tried: str = ""         # where the file was looked for, when it was not found
 
     def row(self, shard: int, reason: str = "") -> ManifestRow:
         """The entry's manifest row before conversion: failed with ``reason``."""
@@ -68,6 +81,7 @@ class ShardTask:
     settings: Settings
     labels_sha256: str
     decode_threads: int = 1
+    input: InputId | None = None        # the CSV or list planned from, for the done marker
 
 
 def assign_shards(labels: Sequence[int], videos_per_shard: int, seed: int) -> list[int]:
@@ -89,8 +103,8 @@ def assign_shards(labels: Sequence[int], videos_per_shard: int, seed: int) -> li
 
 
 def plan_shards(entries: Sequence[Entry], class_index: dict[str, int], videos_root: str | Path,
-                out_dir: str | Path, settings: Settings, labels_sha256: str,
-                decode_threads: int = 1) -> tuple[list[ShardTask], list[tuple[int, ManifestRow]]]:
+                out_dir: str | Path, settings: Settings, labels_sha256: str, decode_threads: int = 1,
+                input_id: InputId | None = None) -> tuple[list[ShardTask], list[tuple[int, ManifestRow]]]:
     """Shard tasks plus the (entry order, row) of entries that fail before any decoding.
 
     Assignment depends only on the entries and the labels (not on which files exist), so a
@@ -106,12 +120,13 @@ def plan_shards(entries: Sequence[Entry], class_index: dict[str, int], videos_ro
             continue
         first_seen[e.video_id] = e.where
         source = e.locate(videos_root)
-        assignable.append(VideoTask(order, e.video_id, label, e.label, str(source or "")))
+        assignable.append(VideoTask(order, e.video_id, label, e.label, str(source or ""),
+                                    "" if source else e.tried(videos_root)))
     shard_of = assign_shards([v.label for v in assignable], settings.videos_per_shard, settings.seed)
     per_shard: dict[int, list[VideoTask]] = {}
     for v, shard in zip(assignable, shard_of):
         per_shard.setdefault(shard, []).append(v)
-    tasks = [ShardTask(i, str(out_dir), tuple(videos), settings, labels_sha256, decode_threads)
+    tasks = [ShardTask(i, str(out_dir), tuple(videos), settings, labels_sha256, decode_threads, input_id)
              for i, videos in sorted(per_shard.items())]
     return tasks, pre_failed
 
@@ -158,9 +173,8 @@ def _probed_page(tasks: list[ShardTask], pages: PageRange) -> int:
 def _sample_size(task: ShardTask, video: VideoTask, max_bytes: int) -> int | None:
     """Bytes of ``video``'s sample encoded with the task's settings, None if it fails to encode."""
     s = task.settings
-    try:
-        encoded = encode_video(video.source, s, task.decode_threads, max_bytes=max_bytes)
-    except VideoError:
+    encoded = encode_or_reason(video.source, s, task.decode_threads, max_bytes=max_bytes)
+    if isinstance(encoded, str):
         return None
     return sample_bytes(len(encoded.frames), sum(map(len, encoded.frames)))
 

@@ -26,7 +26,7 @@ from datatools.manifest import (LARGER_PAGE, STATUS_OK, DoneMarker, FileDigest, 
 from datatools.pages import header_size, sample_bytes, write_calls
 from datatools.plan import ShardTask, VideoTask
 from datatools.verify import check_samples
-from datatools.video import EncodedVideo, VideoError, encode_video
+from datatools.video import EncodedVideo, encode_or_reason
 
 __all__ = ["ShardRows", "NoSpaceError", "Verdict", "convert_shard", "no_space_error", "shard_verdict",
            "clear_shard"]
@@ -172,10 +172,10 @@ def _convert(task: ShardTask, files: ShardFiles) -> ShardRows:
     with open(files.spool, "wb") as spool:
         for v in task.videos:
             stamp = source_stamp(v.source)          # before decoding: a later change is a change
-            try:
-                video = encode_video(v.source, s, task.decode_threads, max_bytes=s.page_size)
-            except VideoError as exc:
-                rows.append((v.order, v.row(task.index, str(exc))))
+            video = (encode_or_reason(v.source, s, task.decode_threads, max_bytes=s.page_size)
+                     if v.source else Reason.text(Reason.MISSING, f"tried {v.tried}"))
+            if isinstance(video, str):
+                rows.append((v.order, v.row(task.index, video)))
                 if rows[-1][1].retryable:
                     sources[v.video_id] = stamp
                 continue
@@ -195,7 +195,7 @@ def _convert(task: ShardTask, files: ShardFiles) -> ShardRows:
             rows.append((v.order, _ok_row(v, task.index, video)))
     digests = _write_record(files, spooled, s) if spooled else {}
     files.spool.unlink()
-    DoneMarker(s, task.labels_sha256, tuple(rows), digests, sources).write(files)
+    DoneMarker(s, task.labels_sha256, tuple(rows), digests, sources, task.input).write(files)
     return rows
 
 

@@ -27,8 +27,8 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from datatools.cli import positive_int, run_cli
-from datatools.manifest import MANIFEST_NAME, DoneMarker, ShardFiles
-from datatools.obs import Bucket, FileDigest, ObsUrl, endpoint_from_env, parse_url, refuse_oversized
+from datatools.manifest import MANIFEST_NAME, DoneMarker, FileDigest, ShardFiles
+from datatools.obs import Bucket, ObsUrl, endpoint_from_env, parse_url, refuse_oversized
 from datatools.schema import LABELS_NAME
 
 __all__ = ["DATA", "MARKER", "MANIFEST", "phase_of", "Progress", "SyncResult", "sync", "SplitPush",
@@ -164,7 +164,7 @@ def _push(root: Path, url: ObsUrl, bucket: Bucket, workers: int, progress: Progr
     def needed(item: _Item) -> bool:
         key = url.key(item.relative)
         return (there.get(key) != item.size or (stored := bucket.stat(key)) is None
-                or not stored.holds(FileDigest.of(root / item.relative)))
+                or not stored.holds(FileDigest.of(root / item.relative, md5=True)))
 
     def push(item: _Item) -> None:
         bucket.upload(root / item.relative, url.key(item.relative),
@@ -195,7 +195,7 @@ def _pull(url: ObsUrl, root: Path, bucket: Bucket, workers: int, progress: Progr
         path = root / item.relative
         return (not path.is_file() or path.stat().st_size != item.size
                 or (stored := bucket.stat(url.key(item.relative))) is None
-                or not stored.holds(FileDigest.of(path)))
+                or not stored.holds(FileDigest.of(path, md5=True)))
 
     def pull(item: _Item) -> None:
         bucket.download(url.key(item.relative), root / item.relative,
@@ -298,7 +298,7 @@ class SplitPush:
         key = self.labels_key()
         there = bucket.list(key)        # unlike a stat, fails on a missing bucket
         stored = bucket.stat(key) if any(o.key == key for o in there) else None
-        if stored is not None and not stored.holds(FileDigest.of(labels)):
+        if stored is not None and not stored.holds(FileDigest.of(labels, md5=True)):
             raise ValueError(f"{bucket.url(key)} is another label file than {labels}: "
                              f"upload to another folder, or delete it there first")
 
@@ -325,7 +325,7 @@ class SplitPush:
         bucket = self.bucket()
         manifest = split_dir / MANIFEST_NAME
         for path, key in ((labels, self.labels_key()), (manifest, self.url.key(MANIFEST_NAME))):
-            digest = FileDigest.of(path)
+            digest = FileDigest.of(path, md5=True)
             stored = bucket.stat(key)
             if stored is None or not stored.holds(digest):
                 bucket.upload(path, key, digest)
@@ -347,7 +347,7 @@ class SplitPush:
             if stored is None or (stored.size, stored.sha256) != (digest.size, digest.sha256):
                 lacking.append((path, digest.sha256))
         stored = bucket.stat(self.url.key(files.done.name))
-        if lacking or stored is None or not stored.holds(FileDigest.of(files.done)):
+        if lacking or stored is None or not stored.holds(FileDigest.of(files.done, md5=True)):
             lacking.append((files.done, None))
         return lacking
 

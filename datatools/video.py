@@ -24,7 +24,7 @@ from datatools.manifest import CHROMA_420, H264, LARGER_PAGE, Reason, Settings
 
 __all__ = ["VideoError", "EncodedVideo", "StreamInfo", "Orientation", "orientation", "stored_size",
            "even_size", "encodes_from_planes", "frame_planes", "encode_frame", "iter_frames",
-           "encode_video"]
+           "encode_video", "encode_or_reason"]
 
 # Decoded frames may fall this far short of the container's declared count (edit lists, a
 # dropped last frame) before the file counts as truncated.
@@ -345,6 +345,22 @@ def encode_video(path: str | Path, settings: Settings, threads: int = 1,
     if len(frames) != kept:
         raise RuntimeError(f"{path}: {kept} frames encoded to {len(frames)} {s.codec} frames")
     return EncodedVideo(frames, info.fps, src[0], src[1], size[0], size[1])
+
+
+def encode_or_reason(path: str | Path, settings: Settings, threads: int = 1,
+                     max_bytes: int | None = None) -> EncodedVideo | str:
+    """``encode_video``'s result, or why the video failed as one manifest reason. A bad video
+    can make the decoder or cv2 raise more than VideoError (a cv2.error, a MemoryError, a PyAV
+    error outside its FFmpeg classes): that is the video's failure (``Reason.ENCODE_ERROR``),
+    not the run's. KeyboardInterrupt and SystemExit still stop the run."""
+    try:
+        return encode_video(path, settings, threads, max_bytes)
+    except VideoError as exc:
+        return str(exc)
+    except Exception as exc:        # noqa: BLE001 - any fault of one video is that video's row
+        kind = type(exc)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        return Reason.text(Reason.ENCODE_ERROR, f"{name}: {' '.join(str(exc).split())}")
 
 
 def _declared_duration(stream: av.video.stream.VideoStream, container: av.container.InputContainer

@@ -85,3 +85,24 @@ def test_demo_keeps_a_records_folder_and_run_per_codec(codec, records, name):
               and "trainer.infer310.package" not in line]
     assert len(stages) == 4, stages     # train, eval, export, the 310 preprocess
     assert all(f"name={name} data.root={records}" in line for line in stages), stages
+
+
+NASTY = """clips/a b$HOME`id`"q'.mp4"""      # a space, $, a backquote, " and '
+
+
+@pytest.mark.parametrize("target, var, module", [("predict", "VIDEO", "trainer.predict"),
+                                                 ("eval", "CKPT", "trainer.eval"),
+                                                 ("records", "CSV", "datatools.convert"),
+                                                 ("records", "OUT", "datatools.convert")])
+def test_file_names_reach_the_commands_as_given(target, var, module):
+    """``make -n``: the command a target runs gets a file name as one argument, as given: no
+    word split, no $ or backquote expansion, whatever quotes it holds."""
+    import shlex
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL"}}
+    given = {"CSV": "kinetics/train.csv", "VIDEOS": "kinetics/train", var: NASTY}
+    result = subprocess.run(["make", "-n", target, *(f"{k}={v}" for k, v in given.items())], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.replace("\\\n", " ").splitlines() if f" {module} " in line]
+    words = shlex.split(line)
+    assert (NASTY if var != "OUT" else f"{NASTY}/train") in words, line

@@ -97,7 +97,7 @@ def test_auto_stores_the_chosen_page_and_a_rerun_keeps_it_without_probing(tmp_pa
     def no_probe(*args, **kwargs):
         raise AssertionError("a resume must not probe")
 
-    monkeypatch.setattr(plan, "encode_video", no_probe)
+    monkeypatch.setattr(plan, "encode_or_reason", no_probe)
     again = convert(*split, tmp_path / "out", AUTO_SETTINGS, auto_pages=PageRange(MB, 2 * MB, MB))
     assert (again.shards_kept, again.shards_done) == (1, 0)
     assert read_settings(read_manifest(tmp_path / "out")).page_size == page

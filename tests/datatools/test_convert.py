@@ -58,7 +58,8 @@ def test_every_bad_input_is_a_failed_row_with_a_reason(bad_run):
     assert len(rows) == 12 and [r.video_id.split("_")[0] for r in rows][:3] == ["good1", "good2", "good3"]
     reasons = {r.video_id.split("_")[0] + ("#2" if i == 11 else ""): r.reason
                for i, r in enumerate(rows) if not r.ok}
-    assert reasons["missing"] == "missing file"
+    assert reasons["missing"] == (f"missing file: tried {base}/videos/run/missing_000000_000010.{{mp4,mkv,webm}}, "
+                                  f"{base}/videos/missing_000000_000010.{{mp4,mkv,webm}}")
     assert reasons["zero"] == "empty file: 0 bytes"
     assert reasons["random"].startswith("cannot open: ")
     # Which check fires depends on the decoder's threads: a threaded decoder drops the cut frame
@@ -121,8 +122,15 @@ def test_rerun_with_other_settings_is_refused(bad_run):
 
 def _cli(capsys, *args) -> tuple[int, str]:
     """``python -m datatools.convert`` in this process: its exit code and stderr."""
+    code, _, err = _cli_out(capsys, *args)
+    return code, err
+
+
+def _cli_out(capsys, *args) -> tuple[int, str, str]:
+    """``python -m datatools.convert`` in this process: its exit code, stdout and stderr."""
     code = run_cli(build_parser(), main, list(map(str, args)))
-    return code, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def test_cli_bad_arguments_fail_with_one_line_before_touching_disk(bad_run, tmp_path, capsys):
@@ -199,3 +207,135 @@ def test_cli_rejects_a_page_size_out_of_range(tmp_path):
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "error: --page-mb must be auto or from 0.03125 to 256 in multiples of 4 bytes, got 300"], result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _two_videos(base) -> tuple:
+    videos = base / "videos"
+    for name in ("a", "b"):
+        bad_videos.good(videos / "walk" / f"{name}_000000_000010.mp4", num_frames=3)
+    (base / "train.csv").write_text("label,youtube_id,time_start,time_end,split\n"
+                                    "walk,a,0,10,train\nwalk,b,0,10,train\n")
+    (base / "labels.txt").write_text("walk 0\n")
+    return base / "train.csv", videos, base / "labels.txt", base / "out"
+
+
+def _failing_resize(monkeypatch, error: BaseException, times: int) -> None:
+    """cv2.resize raising ``error`` on its first ``times`` calls, as a video cv2 cannot take makes it."""
+    import cv2
+    resize, calls = cv2.resize, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise error
+        return resize(*args, **kwargs)
+    monkeypatch.setattr(cv2, "resize", failing)
+
+
+def test_a_video_that_makes_cv2_raise_is_a_failed_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    import cv2
+    _failing_resize(monkeypatch, cv2.error("OpenCV(4.10) resize.cpp:4152: error: (-215:Assertion "
+                                           "failed)\n  !ssize.empty() in function 'resize'\n"), times=1)
+    result = convert(*_two_videos(tmp_path), SETTINGS, backend="threading")
+    assert sorted(r.reason for r in result.rows) == [
+        "", "encode error: cv2.error: OpenCV(4.10) resize.cpp:4152: error: (-215:Assertion failed) "
+            "!ssize.empty() in function 'resize'"]
+    assert len(read_split(tmp_path / "out")) == 1
+
+
+def test_a_probe_video_that_runs_out_of_memory_does_not_stop_the_auto_page(tmp_path, monkeypatch):
+    _failing_resize(monkeypatch, MemoryError("cannot allocate 1 GB"), times=10**6)
+    auto = Settings(codec=JPEG, short_side=32, quality=85, max_fps=None, videos_per_shard=3, seed=0,
+                    page_size=-1)
+    result = convert(*_two_videos(tmp_path), auto, backend="threading")
+    assert [r.reason for r in result.rows] == ["encode error: MemoryError: cannot allocate 1 GB"] * 2
+
+
+JPEG_FLAGS = ["--codec", "jpeg", "--short-side", "32", "--page-mb", "1", "--backend", "threading"]
+
+
+def _split_of_two(base):
+    """train.csv (a, b) and val.csv (c) over three videos, labels.txt beside the split folder
+    records/train (where the trainer and datatools.inspect find it)."""
+    csv, videos, labels, _ = _two_videos(base)
+    bad_videos.good(videos / "walk" / "c_000000_000010.mp4", num_frames=3)
+    (base / "val.csv").write_text("label,youtube_id,time_start,time_end,split\nwalk,c,0,10,val\n")
+    (base / "records").mkdir()
+    return ["--videos", videos, "--labels", labels.replace(base / "records" / "labels.txt"),
+            "--out", base / "records" / "train", *JPEG_FLAGS]
+
+
+def _ids(split) -> list[str]:
+    return [r.video_id.split("_")[0] for r in read_rows(split)]
+
+
+def test_another_input_into_a_split_is_refused_naming_both_unless_replace(tmp_path, capsys):
+    common = _split_of_two(tmp_path)
+    split = tmp_path / "records" / "train"
+    train, val = tmp_path / "train.csv", tmp_path / "val.csv"
+    assert _cli(capsys, "--csv", train, *common)[0] == 0
+    code, err = _cli(capsys, "--csv", val, *common)
+    assert (code, err) == (2, f"error: {split} holds a split converted from {train}, not from {val} "
+                              f"(other videos or labels): convert into another --out, or add --replace "
+                              f"to replace that split\n")
+    assert _ids(split) == ["a", "b"]
+    ShardFiles.of(split, 0).done.rename(split / "kept.json")      # half done: no manifest, a marker
+    (split / "manifest.parquet").unlink()
+    (split / "kept.json").rename(ShardFiles.of(split, 0).done)
+    assert _cli(capsys, "--csv", val, *common)[1].startswith(f"error: {split} holds a split converted from {train}")
+    assert _cli(capsys, "--csv", val, *common, "--replace")[0] == 0
+    assert _ids(split) == ["c"] and sorted(p.name for p in split.glob("shard-*")) == [
+        "shard-00000.done.json", "shard-00000.mindrecord", "shard-00000.mindrecord.db"]
+
+
+def test_a_split_stored_before_its_input_was_resumes_and_stores_it(tmp_path, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+    common = _split_of_two(tmp_path)
+    split = tmp_path / "records" / "train"
+    assert _cli(capsys, "--csv", tmp_path / "train.csv", *common)[0] == 0
+    table = read_manifest(split)         # as an older converter wrote it: no input_sha256
+    meta = json.loads(table.schema.metadata[b"stnet_records.settings"])
+    sha = meta.pop("input_sha256")
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata,
+                                                  b"stnet_records.settings": json.dumps(meta).encode()}),
+                   split / "manifest.parquet")
+    code, out, _ = _cli_out(capsys, "--csv", tmp_path / "train.csv", *common)
+    assert code == 0 and "shards: 0 converted, 1 kept" in out
+    assert json.loads(read_manifest(split).schema.metadata[b"stnet_records.settings"])["input_sha256"] == sha
+
+
+def test_a_run_where_no_video_converts_fails_and_names_every_video_and_path_tried(tmp_path, capsys):
+    from datatools import inspect
+    common = _split_of_two(tmp_path)
+    deep = tmp_path / "videos" / "walk" / "clips"     # --videos one folder too deep
+    deep.mkdir()
+    common[1] = deep
+    code, out, err = _cli_out(capsys, "--csv", tmp_path / "train.csv", *common)
+    assert code == 1 and err == (f"error: no video of {tmp_path / 'train.csv'} converted (reasons above): "
+                                 f"check --videos {deep} and the paths tried\n")
+    tried = {v: f"missing file: tried {deep}/walk/{v}_000000_000010.{{mp4,mkv,webm}}, "
+                f"{deep}/{v}_000000_000010.{{mp4,mkv,webm}}" for v in "ab"}
+    assert [r.reason for r in read_rows(tmp_path / "records" / "train")] == [tried["a"], tried["b"]]
+    named = ["failed videos:", *(f"  {v}_000000_000010: {tried[v]}" for v in "ab")]
+    assert out.splitlines()[-3:] == named
+    assert run_cli(inspect.build_parser(), inspect.main,
+                   [str(tmp_path / "records" / "train"), "--failed", "--workers", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == named
+
+
+def test_inspect_refuses_a_label_file_other_than_the_splits(tmp_path, capsys):
+    from datatools import inspect
+    common = _split_of_two(tmp_path)
+    assert _cli(capsys, "--csv", tmp_path / "train.csv", *common)[0] == 0
+    labels = tmp_path / "records" / "labels.txt"
+    stored = FileDigest.of(labels).sha256
+    labels.write_text("run 0\nwalk 1\n")          # another label file: walk is class 1 now
+    capsys.readouterr()
+    split = str(tmp_path / "records" / "train")
+    assert run_cli(inspect.build_parser(), inspect.main, [split, "--workers", "1"]) == 1
+    bad = [line for line in capsys.readouterr().out.splitlines() if line.startswith("BAD")]
+    assert bad == [f"BAD {labels} is not the label file {split} was converted with ({labels}): sha256 "
+                   f"{FileDigest.of(labels).sha256[:12]}… vs {stored[:12]}… in its manifest; put that "
+                   f"label file back or reconvert the split with this one"]

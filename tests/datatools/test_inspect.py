@@ -28,7 +28,7 @@ def test_inspect_verifies_tiny_records_and_draws_a_sheet(tiny_records, tmp_path,
     assert f"shard files: {apparent / 1e6:.2f} MB apparent, {allocated / 1e6:.2f} MB allocated " \
            f"(apparent/allocated {apparent / allocated:.3f}), {payload / 1e6:.2f} MB payload" in out
     assert "verified: every shard matches the manifest (ids, labels, checksums, digests, " \
-           "every JPEG decodes)" in out
+           "every JPEG decodes, label file)" in out
     assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and sheet.stat().st_size > 20_000
     assert contact_sheet(tiny_records.split("val"), tmp_path / "v.png", num_videos=2, num_frames=3).is_file()
 

@@ -111,7 +111,7 @@ def test_a_rerun_retries_a_video_that_was_missing_and_leaves_the_other_shards(tm
     _source(tmp_path, skip=(1,))
     bad_videos.random_bytes(tmp_path / "videos" / "run" / "v4_000000_000010.mp4")   # stays broken
     first = _convert(tmp_path)
-    assert (_video(first, 1).reason, _video(first, 4).reason_kind) == ("missing file", "cannot open")
+    assert (_video(first, 1).reason_kind, _video(first, 4).reason_kind) == ("missing file", "cannot open")
     assert _video(first, 1).shard != _video(first, 4).shard
     before = _files(tmp_path / "out")
 

@@ -128,7 +128,7 @@ def _convert_stub_shard(tmp_path, monkeypatch, frame_sizes: list[list[int]], pag
         rng = np.random.default_rng(int(source[1:4]))
         return EncodedVideo([rng.bytes(n) for n in sources[source]], 25.0, 340, 256, 340, 256)
 
-    monkeypatch.setattr(shards, "encode_video", encode)
+    monkeypatch.setattr(shards, "encode_or_reason", encode)
     settings = Settings(codec=JPEG, short_side=256, quality=90, max_fps=None, videos_per_shard=len(sources), seed=0,
                         page_size=page)
     videos = tuple(VideoTask(i, name[:4], 0, "walk", name) for i, name in enumerate(sources))
@@ -213,3 +213,21 @@ def test_the_plan_does_not_depend_on_which_videos_exist(tiny_records, tmp_path):
     assert sum(not v.source for t in plans[1] for v in t.videos) == len(entries) // 2
     stored = {r.video_id: r.shard for r in read_rows(tiny_records.split("train"))}
     assert {v.video_id: t.index for t in plans[1] for v in t.videos} == stored
+
+
+def test_one_file_digest_serves_shards_and_obs(tmp_path):
+    """Markers and manifests store size and sha256; OBS transfers need the MD5 as well: one
+    class, the MD5 read only when asked, stored nowhere, and no part of a kept shard's identity."""
+    import hashlib
+    import json
+
+    from datatools import obs
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"stnet" * 1000)
+    for_obs, for_shard = FileDigest.of(path, md5=True), FileDigest.of(path)
+    assert for_obs.md5 == hashlib.md5(path.read_bytes()).hexdigest() and for_shard.md5 == ""
+    assert for_obs == for_shard and for_obs.stored() == {"size": 5000, "sha256": for_shard.sha256}
+    assert obs.ObjectStat(5000, for_obs.md5, None, False).holds(for_obs)
+    files = ShardFiles.of(tmp_path, 0)
+    DoneMarker(Settings(1, 90, None, 1, 0), "", (), {"f.bin": for_obs}, {}).write(files)
+    assert json.loads(files.done.read_text())["files"] == {"f.bin": for_shard.stored()}

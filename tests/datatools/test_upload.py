@@ -125,3 +125,35 @@ def test_missing_credentials_are_one_line_before_anything_is_written(source, env
     assert capsys.readouterr().err == ("error: set OBS_ACCESS_KEY_ID in the environment (and "
                                        "OBS_SECURITY_TOKEN for temporary credentials)\n")
     assert not (tmp_path / "train").exists()
+
+
+def _echoing(app, token: str):
+    """moto's S3 behind a front that answers a listing of prefix ``echo<status>`` as S3 answers a
+    malformed credential: an error whose message quotes the request's access key id (and here its
+    security token); every other request goes to moto."""
+    def front(environ, start_response):
+        status = next((s for s in ("400", "500") if f"prefix=echo{s}" in environ.get("QUERY_STRING", "")), None)
+        if status is None:
+            return app(environ, start_response)
+        key_id = environ.get("HTTP_AUTHORIZATION", "AWS ?:").split(" ", 1)[1].split(":", 1)[0]
+        body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AuthorizationHeaderMalformed</Code>"
+                f"<Message>the Credential is mal-formed; expecting \"{key_id}/20260101/region/s3/aws4_request\""
+                f" (token {environ.get('HTTP_X_AMZ_SECURITY_TOKEN', '')})</Message><RequestId>1</RequestId>"
+                f"</Error>").encode()
+        start_response(f"{status} Error", [("Content-Type", "application/xml"),
+                                           ("Content-Length", str(len(body)))])
+        return [body]
+    return front
+
+
+@pytest.mark.parametrize("status", ["400", "500"])
+def test_a_refusal_quoting_credentials_leaves_obs_py_without_them(bucket, monkeypatch, caplog, status):
+    from tests.conftest import s3_app, serving
+    token = "FAKETOKEN-never-printed-0001"
+    monkeypatch.setenv("OBS_SECURITY_TOKEN", token)
+    with serving(_echoing(s3_app(), token)) as url:
+        with pytest.raises(obs.ObsError) as refused:
+            obs.Bucket(bucket, url).list(f"echo{status}")
+    said = [str(refused.value), caplog.text]
+    assert f"HTTP {status} AuthorizationHeaderMalformed" in said[0] and "<OBS_ACCESS_KEY_ID>" in said[0]
+    assert not [text for text in said if KEY_ID in text or token in text or SECRET in text], said
