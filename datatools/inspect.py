@@ -25,7 +25,7 @@ from datatools import schema
 from datatools.cli import positive_int, run_cli
 from datatools.frames import codec_of, stored_frames
 from datatools.manifest import (FileDigest, ManifestRow, ShardFiles, read_digests, read_manifest,
-                                read_meta, read_settings, rows_of, shard_index)
+                                read_settings, rows_of, shard_index)
 from datatools.pages import disk_bytes
 from datatools.verify import ShardCheck, ShardJob, check_shards
 
@@ -65,7 +65,7 @@ def inspect_split(split_dir: str | Path, decode: bool = False, workers: int = 1)
         report.checked.append("digests")
     if decode:
         report.checked.append(stored_frames(codec).checked)
-    labels = _labels_problem(split_dir, read_meta(table))
+    labels = _labels_problem(split_dir)
     if labels:
         report.problems.append(labels)
     else:
@@ -78,21 +78,12 @@ def inspect_split(split_dir: str | Path, decode: bool = False, workers: int = 1)
     return report
 
 
-def _labels_problem(split_dir: Path, meta: dict) -> str:
+def _labels_problem(split_dir: Path) -> str:
     """A line if ``labels.txt`` beside the split is not the label file it was converted with
-    (its labels would be read as other classes), else "". Nothing to compare is no problem: a
-    split without a label file beside it, or converted before the digest was stored."""
-    # TODO(i22-data): datatools.schema may gain the trainer's check of the same fact: use it here.
+    (its labels would be read as other classes; the trainer refuses the same), else "". A split
+    with no label file beside it has nothing to compare."""
     path = split_dir.parent / schema.LABELS_NAME
-    stored = meta.get("labels_sha256")
-    if not stored or not path.is_file():
-        return ""
-    found = FileDigest.of(path).sha256
-    if found == stored:
-        return ""
-    return (f"{path} is not the label file {split_dir} was converted with ({meta.get('labels', '?')}): "
-            f"sha256 {found[:12]}… vs {stored[:12]}… in its manifest; put that label file back or "
-            f"reconvert the split with this one")
+    return (schema.split_labels_problem(split_dir, path) or "") if path.is_file() else ""
 
 
 def _present_shards(split_dir: Path, expected: dict[int, dict[str, int]],
