@@ -29,7 +29,7 @@ from mindspore import nn
 from datatools.cli import positive_int, run_cli, setup_logging
 from datatools.manifest import Settings, read_manifest, read_settings
 from datatools.schema import pack_frames
-from datatools.video import VideoError, encode_video
+from datatools.video import VideoError, encode_or_reason
 from trainer.checkpoint import checkpoint_arg
 from trainer.config import Config, config_from_args, config_parser
 from trainer.data import EvalClips, build_decoder, class_names, eval_clips, split_dir
@@ -105,7 +105,9 @@ class Predictor:
         """Top classes of the video at ``path`` (and of each ``window``-second window);
         VideoError with the reason for a video that cannot be predicted."""
         s = self.settings
-        encoded = encode_video(path, s)
+        encoded = encode_or_reason(path, s)    # any fault of this video is its one error line
+        if isinstance(encoded, str):
+            raise VideoError(encoded)
         count = len(encoded.frames)
         if count < self.clip_frames:
             raise VideoError(f"{count} frames, shorter than one clip ({self.cfg.test.segments} segments "
