@@ -413,6 +413,11 @@ def class_names(cfg: Config) -> list[str]:
 def check_records(cfg: Config, splits: tuple[str, ...] = SPLIT_KEYS) -> list[str]:
     """The class names, once the label file matches ``model.num_classes`` and every one of
     ``splits`` was converted with it; called where a run starts, before the first step."""
+    for split in splits:
+        split_dir(cfg, split)       # a wrong data.root is named by its missing split folders first
+    if not labels_path(cfg).is_file():
+        raise FileNotFoundError(f"label file not found: {labels_path(cfg)} (data.root={cfg.data.root!r}; "
+                                f"datatools.labels writes it beside the splits)")
     names = class_names(cfg)
     for split in splits:
         check_split_labels(cfg, split)
