@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mindspore as ms
@@ -32,7 +34,7 @@ from trainer.data import bad_samples, check_records, create_dataset, split_dir
 from trainer.eval import evaluate
 from trainer.model import create_model
 from trainer.precision import PixelInput, cast_network
-from trainer.pretrained import load_pretrained
+from trainer.pretrained import CLASSIFIER_PREFIX, load_pretrained
 from trainer.rundir import RunDir, atomic_path
 from trainer.runtime import all_reduce_counts, all_reduce_sum, init_runtime
 from trainer.schedule import build_lr
@@ -47,6 +49,12 @@ logger = logging.getLogger(__name__)
 # row means the loss itself diverged: a dynamic scale starting anywhere up to 2**24 has by then
 # sat at its floor of 1 for 8 steps.
 MAX_CONSECUTIVE_SKIPS = 32
+
+# Fault injection for tests/trainer/test_rank_nan.py and nothing else: STNET_TEST_NAN_AT=R:S makes
+# rank R's classifier weights NaN before step S (as a flipped bit would), so that rank alone has a
+# NaN loss at step S; its gradients reach the other ranks through the AllReduce, NaN at step S+1.
+# (A NaN clip would not do: on CPU the first ReLU turns NaN into 0 and the loss stays finite.)
+TEST_NAN_AT_ENV = "STNET_TEST_NAN_AT"
 
 
 class TrainingDiverged(RunStopped):
@@ -128,13 +136,15 @@ class RunLog:
 
 def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: np.ndarray,
                     clips_per_step: int, log_interval: int, run_log: RunLog, bad: BadSamples,
-                    epochs: int = 0, overflows: OverflowStreak | None = None) -> int:
+                    epochs: int = 0, overflows: OverflowStreak | None = None, rank: int = 0,
+                    group_size: int = 1) -> int:
     """One pass over ``dataset``; returns the optimizer step count after it.
 
     Steps are launched without reading their results; the host waits for the device once per
     log window, where the window's losses, overflow flags and scale are read and checked (a NaN
     loss or too many overflows in a row stop the run, naming the step; ``overflows`` carries the
-    count over from the epochs before). Each log line says ``epoch e/E step i/n`` and the time
+    count over from the epochs before). Under msrun the ranks agree on the NaN check first, so
+    all of them stop at the same step, naming the first bad rank. Each log line says ``epoch e/E step i/n`` and the time
     left in the epoch and in the run (``epochs`` = E; the rate is the last log window's).
     """
     train_cell.set_train(True)
@@ -150,11 +160,13 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
         window_wait += time.perf_counter() - wait_start
         flagged = bad.flagged(problems)
         window_bad += flagged
-        window.append((launch_step(train_cell, clip, label), flagged == len(problems)))
         step += 1
+        _inject_fault(train_cell, rank, step)
+        window.append((launch_step(train_cell, clip, label), flagged == len(problems)))
         if len(window) < log_interval and i < batch_count - 1:
             continue
         results = [launched.result() for launched, _ in window]   # the window's one wait
+        diverged = _agreed_loss_check(results, rank, group_size)
         losses, skipped = [], 0
         for k, ((_, all_bad), result) in enumerate(zip(window, results)):
             at = f"epoch {epoch + 1} step {step - len(window) + k + 1}"
@@ -162,8 +174,9 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
                 skipped += 1
                 logger.debug("%s: gradient overflow, update skipped", at)
             overflows.add(result, at)
-            if not result.skipped and not math.isfinite(result.loss):
-                raise TrainingDiverged(f"train stopped at {at}: loss is {result.loss}")
+            if diverged is not None and diverged.index == k:
+                raise TrainingDiverged(
+                    f"train stopped at {at}{diverged.where}: loss is {diverged.value}")
             if math.isfinite(result.loss) and not all_bad:   # all bad: loss 0, not a mean
                 losses.append(result.loss)
         scale = results[-1].loss_scale
@@ -189,6 +202,77 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
         run_log.write(**record)
         window, window_bad, window_wait, window_start = [], 0, 0.0, time.perf_counter()
     return step
+
+
+@dataclass(frozen=True)
+class _RankFailure:
+    """The first failure the ranks agreed on: the bad rank, at ``index`` (a step of the log
+    window), with its ``value``."""
+
+    rank: int
+    index: int
+    value: float
+    group_size: int
+
+    @property
+    def where(self) -> str:
+        """`` on rank r`` under msrun, "" alone."""
+        return f" on rank {self.rank}" if self.group_size > 1 else ""
+
+
+def _first_failure(index: int | None, value: float, rank: int,
+                   group_size: int) -> _RankFailure | None:
+    """The failure every rank acts on: each rank gives its first failed ``index`` (None: passed)
+    and that ``value``; the smallest index over the ranks wins, the lowest rank on a tie.
+
+    One AllReduce of a (ranks, 2) matrix holding only this rank's row, so every rank reads the
+    same answer: a rank that stopped on its own finding would leave the others waiting in their
+    next collective, and msrun would hang.
+    """
+    rows = np.zeros((group_size, 2), np.float32)
+    rows[rank] = (0.0, 0.0) if index is None else (index + 1.0, value)   # 0: passed
+    if group_size > 1:
+        rows = all_reduce_sum(rows)
+    failed = [r for r in range(group_size) if rows[r, 0] > 0]
+    if not failed:
+        return None
+    first = min(failed, key=lambda r: (rows[r, 0], r))
+    return _RankFailure(first, int(rows[first, 0]) - 1, float(rows[first, 1]), group_size)
+
+
+def _agreed_loss_check(results: list[StepResult], rank: int, group_size: int) -> _RankFailure | None:
+    """The log window's first non-finite loss of an applied step over all ranks, or None.
+
+    Under O0 the loss is each rank's own: a rank's NaN reaches the others through the gradient
+    AllReduce only at the next step. (A skipped step's loss may be anything: under loss scaling
+    every rank skips alike, ``LossScaledTrainStep`` agrees on the overflow.)
+    """
+    bad = [k for k, r in enumerate(results) if not r.skipped and not math.isfinite(r.loss)]
+    return _first_failure(bad[0] if bad else None, results[bad[0]].loss if bad else 0.0,
+                          rank, group_size)
+
+
+def _check_finite_state(train_cell: nn.Cell, rank: int, group_size: int, at: str) -> None:
+    """Stop every rank if any rank holds a non-finite weight, BN statistic or moment.
+
+    Averaged gradients and BN statistics make the ranks' states alike, but not a NaN that
+    stays in one rank's weights (a ReLU after a NaN weight passes no NaN gradient): the ranks
+    agree before any of them stops, so none waits in the evaluation's collectives.
+    """
+    problem = non_finite((p.name, p) for p in train_cell.get_parameters())
+    failure = _first_failure(0 if problem else None, 0.0, rank, group_size)
+    if failure is not None:
+        what = (problem if failure.rank == rank
+                else f"tensors are not finite (listed in rank {failure.rank}'s log)")
+        raise TrainingDiverged(f"train stopped at {at}{failure.where}: {what}")
+
+
+def _inject_fault(train_cell: nn.Cell, rank: int, step: int) -> None:
+    """NaN classifier weights at the rank and step ``TEST_NAN_AT_ENV`` names."""
+    if os.environ.get(TEST_NAN_AT_ENV) == f"{rank}:{step}":
+        for p in train_cell.get_parameters():
+            if p.name.startswith(CLASSIFIER_PREFIX):
+                p.set_data(ms.Tensor(np.full(p.shape, np.nan), p.dtype))
 
 
 def _duration(seconds: float) -> str:
@@ -297,12 +381,10 @@ def train(cfg: Config) -> dict:
             step = train_one_epoch(train_cell, dataset, epoch=epoch, step=step, lr=lr,
                                    clips_per_step=cfg.data.batch_size * group_size,
                                    log_interval=cfg.train.log_interval, run_log=run_log, bad=bad,
-                                   epochs=cfg.train.epochs, overflows=overflows)
+                                   epochs=cfg.train.epochs, overflows=overflows, rank=rank,
+                                   group_size=group_size)
             average_bn_statistics(net, group_size)
-            # Every rank holds the same state now (averaged gradients and BN statistics): all stop.
-            problem = non_finite((p.name, p) for p in train_cell.get_parameters())
-            if problem:
-                raise TrainingDiverged(f"train stopped at epoch {epoch + 1} step {step}: {problem}")
+            _check_finite_state(train_cell, rank, group_size, at=f"epoch {epoch + 1} step {step}")
         except TrainingDiverged as exc:
             raise TrainingDiverged(f"{exc}; the last good checkpoint is {_last_good(run)}") from None
         if is_writer:
