@@ -336,6 +336,8 @@ def test_inspect_refuses_a_label_file_other_than_the_splits(tmp_path, capsys):
     split = str(tmp_path / "records" / "train")
     assert run_cli(inspect.build_parser(), inspect.main, [split, "--workers", "1"]) == 1
     bad = [line for line in capsys.readouterr().out.splitlines() if line.startswith("BAD")]
-    assert bad == [f"BAD {labels} is not the label file {split} was converted with ({labels}): sha256 "
-                   f"{FileDigest.of(labels).sha256[:12]}… vs {stored[:12]}… in its manifest; put that "
-                   f"label file back or reconvert the split with this one"]
+    # The trainer's own check (schema.split_labels_problem), word for word.
+    assert bad == [f"BAD {split} was converted with another label file than {labels} (sha256 "
+                   f"{stored[:12]}… vs {FileDigest.of(labels).sha256[:12]}…): its labels would mean "
+                   f"other classes; reconvert it with --labels {labels}, or use the label file it was "
+                   f"converted with"]
