@@ -12,7 +12,9 @@ CONFIG ?= configs/demo.yaml
 # single quotes (each ' written '\'') keep spaces, $, backquotes and " from the shell.
 shell_quote = '$(subst ','\'',$(1))'
 quoted = $(call shell_quote,$(value $(1)))
-MASTER_PORT ?= 8118
+# msrun's master port: unset, a single-node job takes a free one (scripts/port.py); several nodes
+# must give the same MASTER_PORT; a given port that is taken here fails at once.
+MASTER_PORT ?=
 # Real Kinetics: make records CSV=kinetics400/train.csv VIDEOS=kinetics400/train SPLIT=train OUT=records/kinetics400
 CSV ?=
 VIDEOS ?=
@@ -38,8 +40,9 @@ VERBOSE ?=
 ifeq ($(VERBOSE),)
 export GLOG_v ?= 3
 endif
-MSRUN = msrun --worker_num=$$(( $(NPROC) * $(NNODES) )) --local_worker_num=$(NPROC) \
-	--master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) --node_rank=$(NODE_RANK) \
+MSRUN = port=$$($(PY) scripts/port.py $(NNODES) $(MASTER_PORT)) || exit 2; \
+	msrun --worker_num=$$(( $(NPROC) * $(NNODES) )) --local_worker_num=$(NPROC) \
+	--master_addr=$(MASTER_ADDR) --master_port=$$port --node_rank=$(NODE_RANK) \
 	--log_dir=$(MSRUN_LOG) --join=True
 CKPT ?=
 # Without CKPT, eval and export use the run's best.ckpt (runs/<name>/best.ckpt).
@@ -121,7 +124,8 @@ train-8p: setup
 
 eval: NPROC ?= 1
 eval: setup
-ifeq ($(NPROC),1)
+# NPROC as given to make (ifeq is read before the target's default applies): unset or 1, one process.
+ifeq ($(filter-out 1,$(NPROC)),)
 	$(PY) -m trainer.eval --config $(CONFIG) $(CKPT_ARG) $(ARGS)
 else
 	@# Workers print C++ shutdown lines after their result: the console gets no worker log (an

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_CANN = "/opt/fake/cann"
@@ -46,9 +48,23 @@ def test_make_keeps_inherited_pythonpath_and_runs_the_installed_project(inherite
     assert seen["trainer"] == str(ROOT / "trainer" / "__init__.py")
 
 
+def _held(port: int) -> socket.socket | None:
+    """A listening socket on ``port`` (as another job's msrun would hold it), or None if the
+    port is in use already (held either way)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("", port))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
 def test_make_eval_under_msrun_ends_with_the_result_line(tiny_records, tmp_path):
-    """``make eval NPROC=2``: the README calls ``top1=... top5=... videos=...`` the last line, and
-    no MindSpore warning (cluster start-up retries that look fatal) reaches the console."""
+    """``make eval NPROC=2`` with 8118 (the old fixed port) held by another process: the job takes
+    a free port, and the README calls ``top1=... top5=... videos=...`` the last line, with no
+    MindSpore warning (cluster start-up retries that look fatal) on the console."""
     import mindspore as ms
 
     from trainer.checkpoint import save_weights
@@ -59,10 +75,16 @@ def test_make_eval_under_msrun_ends_with_the_result_line(tiny_records, tmp_path)
     ms.set_seed(0)
     ckpt = tmp_path / "fresh.ckpt"
     save_weights(create_model(load_config(ROOT / "configs/demo.yaml", overrides)), ckpt, epoch=1)
-    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "GLOG_v"}}
-    result = subprocess.run(["make", "eval", "NPROC=2", f"MASTER_PORT={free_port()}", f"CKPT={ckpt}",
-                             f"MSRUN_LOG={tmp_path / 'msrun'}", f"ARGS={' '.join(overrides)}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"MAKEFLAGS", "MAKELEVEL", "GLOG_v", "MASTER_PORT"}}
+    held = _held(8118)
+    try:
+        result = subprocess.run(["make", "eval", "NPROC=2", f"CKPT={ckpt}", f"MSRUN_LOG={tmp_path / 'msrun'}",
+                                 f"ARGS={' '.join(overrides)}"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        if held:
+            held.close()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert lines[-1].startswith("top1=") and lines[-1].endswith("videos=12"), lines[-5:]
@@ -81,7 +103,8 @@ def test_demo_keeps_a_records_folder_and_run_per_codec(codec, records, name):
     lines = [" ".join(line.split()) for line in result.stdout.replace("\\\n", " ").splitlines()]
     converts = [line for line in lines if f"--out {records}/$split" in line]
     assert len(converts) == 1 and ("--codec jpeg" in converts[0]) == (codec == "jpeg"), lines
-    stages = [line for line in lines if line.startswith(("msrun", ".venv/bin/python -m trainer."))
+    stages = [line for line in lines
+              if ("msrun --worker_num" in line or line.startswith(".venv/bin/python -m trainer."))
               and "trainer.infer310.package" not in line]
     assert len(stages) == 4, stages     # train, eval, export, the 310 preprocess
     assert all(f"name={name} data.root={records}" in line for line in stages), stages
@@ -106,3 +129,38 @@ def test_file_names_reach_the_commands_as_given(target, var, module):
     (line,) = [line for line in result.stdout.replace("\\\n", " ").splitlines() if f" {module} " in line]
     words = shlex.split(line)
     assert (NASTY if var != "OUT" else f"{NASTY}/train") in words, line
+
+
+def _make(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MAKELEVEL", "MASTER_PORT", "NPROC"}}
+    return subprocess.run(["make", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("nproc, msrun", [(None, False), ("1", False), ("2", True)])
+def test_eval_runs_msrun_only_for_several_processes(nproc, msrun):
+    result = _make("-n", "eval", *([f"NPROC={nproc}"] if nproc else []))
+    assert result.returncode == 0, result.stderr
+    assert ("msrun --worker_num" in result.stdout) == msrun, result.stdout
+    assert ("-m trainer.eval" in result.stdout) != msrun
+
+
+def test_a_taken_master_port_fails_at_once_in_one_line():
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = _make("eval", "NPROC=2", f"MASTER_PORT={port}")
+    assert result.returncode != 0 and time.monotonic() - started < 30
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: MASTER_PORT={port} is taken on this host (another msrun job or service "
+                      f"holds it): leave MASTER_PORT unset for a free port, or give another"]
+
+
+def test_several_nodes_need_the_port_given():
+    """Every node must join the same master port: a free port picked on each would differ."""
+    port = subprocess.run([sys.executable, "scripts/port.py", "2"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert port.returncode == 2 and port.stderr.startswith("error: NNODES=2: give every node the same "
+                                                             "MASTER_PORT=")
