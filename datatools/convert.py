@@ -187,9 +187,9 @@ def _check_same_inputs(task: ShardTask, marker: DoneMarker, labels_path: Path) -
     """Refuse to resume an output converted with other settings or another label file: kept
     shards would disagree with new ones (class indices, frame sizes) without any error."""
     if marker.settings != task.settings:
-        raise ValueError(f"{task.out_dir} holds shards converted with other settings "
-                         f"({marker.settings.to_dict()} vs {task.settings.to_dict()}); use another "
-                         f"--out, or add --replace to replace that split")
+        raise ValueError(f"{task.out_dir} holds shards converted with other settings: "
+                         f"{', '.join(marker.settings.changes_to(task.settings))}; convert with the "
+                         f"split's settings, use another --out, or add --replace to replace that split")
     if marker.labels_sha256 != task.labels_sha256:
         raise ValueError(f"{task.out_dir} was converted with another label file than {labels_path} "
                          f"(sha256 {marker.labels_sha256[:12]}… vs {task.labels_sha256[:12]}…): use "

@@ -192,6 +192,17 @@ class Settings:
             raise ValueError(f"--page-mb must be {AUTO} or from {MIN_PAGE / MB:g} to {MAX_PAGE // MB} "
                              f"in multiples of {PAGE_ALIGN} bytes, got {self.page_size / MB:g}")
 
+    def changes_to(self, other: "Settings") -> list[str]:
+        """Each setting ``other`` changes, as its converter flag and both values
+        (``--quality 90 → 80``): what a refused resume names instead of two dicts."""
+        changed = []
+        for field in fields(self):
+            old, new = getattr(self, field.name), getattr(other, field.name)
+            if old != new:
+                flag, unit = _FLAGS.get(field.name, (f"--{field.name.replace('_', '-')}", 1))
+                changed.append(f"{flag} {_flag_value(old, unit)} → {_flag_value(new, unit)}")
+        return changed
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -199,6 +210,16 @@ class Settings:
     def from_dict(cls, stored: dict) -> "Settings":
         return cls(**{"codec": LEGACY_CODEC,
                       **{f.name: stored[f.name] for f in fields(cls) if f.name in stored}})
+
+
+# Settings fields whose converter flag is not --<field-with-dashes>, and the unit it takes.
+_FLAGS = {"chroma_subsampling": ("--chroma", 1), "page_size": ("--page-mb", MB)}
+
+
+def _flag_value(value: object, unit: int) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value / unit:g}" if unit != 1 and isinstance(value, int) else str(value)
 
 
 def page_size_of(page_mb: str) -> int:

@@ -1,6 +1,7 @@
 """datatools.convert end to end on real files: bad inputs, read-back with MindDataset, CLI errors."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_manifest_metadata_holds_version_settings_and_shard_digests(bad_run):
 def test_rerun_with_other_settings_is_refused(bad_run):
     base, _ = bad_run
     other = Settings(codec=JPEG, short_side=32, quality=70, max_fps=None, videos_per_shard=3, seed=0)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other settings: --quality 85 → 70; convert with the split's"):
         convert(base / "train.csv", base / "videos", base / "labels.txt", base / "out", other)
     assert not (base / "out" / LOCK_NAME).exists()
 
@@ -341,3 +342,12 @@ def test_inspect_refuses_a_label_file_other_than_the_splits(tmp_path, capsys):
                    f"{stored[:12]}… vs {FileDigest.of(labels).sha256[:12]}…): its labels would mean "
                    f"other classes; reconvert it with --labels {labels}, or use the label file it was "
                    f"converted with"]
+
+
+def test_a_refused_resume_names_each_changed_setting_by_its_flag():
+    stored = Settings(short_side=256, quality=90, max_fps=None, videos_per_shard=64, seed=0,
+                      page_size=1 << 20)
+    given = dataclasses.replace(stored, page_size=2 << 20, crf=20, fastdecode=False, max_fps=12.5)
+    assert stored.changes_to(given) == ["--max-fps None → 12.5", "--page-mb 1 → 2", "--crf 18 → 20",
+                                        "--fastdecode on → off"]
+    assert stored.changes_to(stored) == []
