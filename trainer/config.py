@@ -183,6 +183,7 @@ RULES: dict[str, Rule] = {
     "model.num_classes": _POSITIVE,
     "train.epochs": _POSITIVE,
     "train.lr": _range(0, low_open=True),
+    "train.lr_batch": _POSITIVE,
     "train.momentum": _range(0, 1, high_open=True),
     "train.weight_decay": _range(0),
     "train.lr_schedule": _one_of(LR_SCHEDULES),

@@ -37,7 +37,7 @@ from trainer.precision import PixelInput, cast_network
 from trainer.pretrained import CLASSIFIER_PREFIX, load_pretrained
 from trainer.rundir import RunDir, atomic_path
 from trainer.runtime import all_reduce_counts, all_reduce_sum, init_runtime
-from trainer.schedule import build_lr
+from trainer.schedule import build_lr, scaled_lr
 from trainer.train_step import PendingStep, StepResult, build_train_cell, launch_step
 
 __all__ = ["TrainingDiverged", "TooManyBadSamples", "BadSamples", "OverflowStreak", "train",
@@ -358,7 +358,11 @@ def train(cfg: Config) -> dict:
     net = PixelInput(cast_network(net, cfg))
     steps_per_epoch = create_dataset(cfg, "train", training=True, rank=rank,
                                      group_size=group_size).get_dataset_size()
-    lr = build_lr(cfg.train, steps_per_epoch)
+    global_batch = cfg.data.batch_size * group_size
+    lr = build_lr(cfg.train, steps_per_epoch, global_batch)
+    logger.info("lr %g for %d clips a step (%s)", scaled_lr(cfg.train, global_batch), global_batch,
+                f"train.lr {cfg.train.lr:g} is for train.lr_batch={cfg.train.lr_batch}, scaled linearly; "
+                f"train.scale_lr=false keeps it" if cfg.train.scale_lr else "train.scale_lr=false: as given")
     train_cell = build_train_cell(net, cfg, lr)
     start_epoch, step = 0, 0
     if resume is not None:

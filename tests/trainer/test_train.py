@@ -30,8 +30,8 @@ from tests.trainer.inprocess import run_module
 from tests.trainer.test_config import DEMO, REPO
 
 TINY = ["model.width=8", "data.batch_size=4", "train.lr_schedule=step", "train.lr_milestones=[1]",
-        "train.warmup_epochs=0", "train.lr=0.02", "train.log_interval=2", "train.eval_interval=100",
-        "mode=pynative"]
+        "train.warmup_epochs=0", "train.lr=0.02", "train.scale_lr=false", "train.log_interval=2",
+        "train.eval_interval=100", "mode=pynative"]
 
 
 pytestmark = pytest.mark.slow   # tiny training runs, one of them graph mode
