@@ -3,7 +3,10 @@ write would alter them), a learnable demo-like set and the demo model trained on
 model fine-tuned to two classes."""
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
 import shutil
 import subprocess
 from contextlib import contextmanager
@@ -170,11 +173,33 @@ def learned_run(learnable_records, tmp_path_factory) -> LearnedRun:
     # trains at half of it (train.scale_lr: 0.01). At twice that, 1 seed in 3 stayed near chance. Six
     # epochs (~25 s in graph mode) end at 0.85-0.95 top-1; three ended at 0.6-0.75, half width
     # at 0.775, 40-pixel crops at 0.575: too near the 0.6 bar.
-    out = tmp_path_factory.mktemp("learned")
-    cfg = load_config(DEMO, [f"data.root={learnable_records}", f"train.output_dir={out}",
-                             "train.epochs=6", "data.batch_size=8", "train.eval_interval=6"])
-    metrics = train(cfg)
-    return LearnedRun(cfg, out / cfg.name, metrics)
+    with _once_per_run(tmp_path_factory, "learned") as (out, first):
+        metrics_file = out / "metrics.json"
+        if first:
+            cfg = load_config(DEMO, [f"data.root={learnable_records}", f"train.output_dir={out}",
+                                     "train.epochs=6", "data.batch_size=8", "train.eval_interval=6"])
+            metrics = train(cfg)
+            metrics_file.write_text(json.dumps(metrics, default=lambda o: o.tolist()))
+        run_dir = out / load_config(DEMO).name
+        return LearnedRun(load_config(run_dir / "config.yaml"), run_dir, json.loads(metrics_file.read_text()))
+
+
+@contextmanager
+def _once_per_run(tmp_path_factory, name: str) -> Iterator[tuple[Path, bool]]:
+    """(folder, whether this process is the first to hold it): under pytest-xdist a folder shared
+    by the run's workers, taken under a lock, so the first worker builds what it holds and the
+    others wait for it and read it (xdist's loadgroup does not keep a fixture's tests on one
+    worker here: the demo model was trained on both); without xdist, a folder of its own."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield tmp_path_factory.mktemp(name), True
+        return
+    shared = tmp_path_factory.getbasetemp().parent / name     # pytest-N/, above popen-gwK/
+    shared.mkdir(exist_ok=True)
+    with open(shared.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / ".done"
+        yield shared, not done.exists()
+        done.touch()
 
 
 FINETUNE_TRAIN_PER_CLASS, FINETUNE_VAL_PER_CLASS = 2, 2
