@@ -39,7 +39,7 @@ from datatools.lists import LIST_FORMS, read_entries
 from datatools.lock import output_lock
 from datatools.manifest import (AUTO, CHROMA_420, CHROMA_SUBSAMPLINGS, CODECS, DEFAULT_CODEC, H264,
                                 JPEG, MANIFEST_NAME, MAX_PAGE, MB, MIN_PAGE, PAGE_ALIGN, X264_PRESETS,
-                                DoneMarker, FileDigest, InputId, ManifestRow, Settings, ShardFiles,
+                                DoneMarker, InputId, ManifestRow, Settings, ShardFiles,
                                 page_size_of, read_input, shards_on_disk, write_manifest)
 from datatools.pages import AUTO_PAGES, PageRange, disk_bytes
 from datatools.plan import PROBE_VIDEOS, ShardTask, plan_shards, settle_page
@@ -105,7 +105,7 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
     if not Path(labels_path).is_file():
         raise FileNotFoundError(f"--labels file not found: {labels_path}")
     names = schema.read_labels(labels_path)
-    labels_sha256 = FileDigest.of(labels_path).sha256
+    labels_sha256 = schema.labels_sha256(labels_path)
     entries = read_entries(csv_path, video_list)
     source = {"list": video_list} if video_list is not None else {"csv": str(csv_path)}
     given = InputId.of(next(iter(source.values())), ((e.video_id, e.label) for e in entries))

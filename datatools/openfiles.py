@@ -11,9 +11,7 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
-from datatools.manifest import RECORD_SUFFIX, SHARD_PREFIX
-
-__all__ = ["DESCRIPTORS_PER_SHARD", "RESERVED_DESCRIPTORS", "shard_count", "ensure_open_files"]
+__all__ = ["DESCRIPTORS_PER_SHARD", "RESERVED_DESCRIPTORS", "ensure_open_files"]
 
 # Measured with MindSpore 2.10: MindDataset alone read 300 one-video shards and failed at 400
 # under 1024 descriptors; the trainer's own pipeline failed at its 284th shard (3.6 a shard).
@@ -24,22 +22,14 @@ RESERVED_DESCRIPTORS = 256
 _splits_read: dict[str, int] = {}    # shards of each split this process reads (pipelines overlap)
 
 
-def shard_count(split_dir: str | Path) -> int:
-    """Shard files of a split folder (what MindDataset will open)."""
-    return sum(1 for _ in Path(split_dir).glob(f"{SHARD_PREFIX}*{RECORD_SUFFIX}"))
-
-
-def ensure_open_files(split_dir: str | Path, shards: int | None = None) -> int:
-    """Raise this process's soft open-file limit as far as reading ``split_dir`` (``shards`` of
-    its shard files, default all) needs, on top of the other splits it reads (a training process
-    holds train and val open; reading a split again adds nothing); returns the limit. A hard
-    limit below the need is a ValueError naming the numbers and the fixes, before any pipeline
-    starts."""
-    shards = shard_count(split_dir) if shards is None else shards
-    others = sum(n for split, n in _splits_read.items() if split != str(Path(split_dir).resolve()))
-    need = RESERVED_DESCRIPTORS + DESCRIPTORS_PER_SHARD * (others + shards)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+def ensure_open_files(split_dir: str | Path, shards: int) -> int:
+    """Raise this process's soft open-file limit as far as reading ``shards`` shard files of
+    ``split_dir`` needs, on top of the other splits it reads (a training process holds train and
+    val open; reading a split again adds nothing); returns the limit. A hard limit below the
+    need is a ValueError naming the numbers and the fixes, before any pipeline starts."""
     _splits_read[str(Path(split_dir).resolve())] = shards
+    need = RESERVED_DESCRIPTORS + DESCRIPTORS_PER_SHARD * sum(_splits_read.values())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
         return soft
     if hard != resource.RLIM_INFINITY and hard < need:

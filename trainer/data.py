@@ -468,10 +468,11 @@ def records(cfg: Config, split: str, *, training: bool, rank: int = 0, group_siz
         raise ValueError(f"rank must be in 0..{group_size - 1}, got {rank!r}")
     keep_large_buffers()    # before the first dataset thread takes an arena of its own
     check_split_labels(cfg, split)
-    shards = ok_shard_paths(split_dir(cfg, split))
+    folder = split_dir(cfg, split)
+    shards = ok_shard_paths(folder)
     if not shards:
-        raise FileNotFoundError(f"no converted videos in {split_dir(cfg, split)}")
-    ensure_open_files(split_dir(cfg, split), len(shards))
+        raise FileNotFoundError(f"no converted videos in {folder}")
+    ensure_open_files(folder, len(shards))
     # MindDataset's shuffle seed is global; it must be the same on every rank (docs/design.md §4).
     ds.config.set_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
     sharding = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}

@@ -144,8 +144,9 @@ def train_one_epoch(train_cell: nn.Cell, dataset, *, epoch: int, step: int, lr: 
     log window, where the window's losses, overflow flags and scale are read and checked (a NaN
     loss or too many overflows in a row stop the run, naming the step; ``overflows`` carries the
     count over from the epochs before). Under msrun the ranks agree on the NaN check first, so
-    all of them stop at the same step, naming the first bad rank. Each log line says ``epoch e/E step i/n`` and the time
-    left in the epoch and in the run (``epochs`` = E; the rate is the last log window's).
+    all of them stop at the same step, naming the first bad rank. Each log line says
+    ``epoch e/E step i/n`` and the time left in the epoch and in the run (``epochs`` = E; the
+    rate is the last log window's).
     """
     train_cell.set_train(True)
     window: list[tuple[PendingStep, bool]] = []    # launched steps, and whether all were bad
@@ -374,7 +375,7 @@ def train(cfg: Config) -> dict:
     overflows = OverflowStreak()
     best = run.best_top1() if is_writer else -1.0   # only rank 0 saves best.ckpt
     logger.info("run %s: %d ranks, %d steps/epoch, %d clips/step, epochs %d..%d",
-                run.path, group_size, steps_per_epoch, cfg.data.batch_size * group_size,
+                run.path, group_size, steps_per_epoch, global_batch,
                 start_epoch + 1, cfg.train.epochs)
 
     metrics: dict = {}
@@ -383,7 +384,7 @@ def train(cfg: Config) -> dict:
                                  group_size=group_size, epoch=epoch)
         try:
             step = train_one_epoch(train_cell, dataset, epoch=epoch, step=step, lr=lr,
-                                   clips_per_step=cfg.data.batch_size * group_size,
+                                   clips_per_step=global_batch,
                                    log_interval=cfg.train.log_interval, run_log=run_log, bad=bad,
                                    epochs=cfg.train.epochs, overflows=overflows, rank=rank,
                                    group_size=group_size)

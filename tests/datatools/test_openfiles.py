@@ -22,12 +22,13 @@ SOFT_LIMIT = 1024
 
 READ_ALL = """
 import sys
+from pathlib import Path
 import mindspore.dataset as ds
 from datatools.openfiles import ensure_open_files
 split = sys.argv[1]
+files = sorted(str(p) for p in Path(split).glob("shard-*.mindrecord"))
 if sys.argv[2] == "ensure":
-    ensure_open_files(split)
-files = sorted(str(p) for p in __import__("pathlib").Path(split).glob("shard-*.mindrecord"))
+    ensure_open_files(split, len(files))
 rows = sum(1 for _ in ds.MindDataset(files, shuffle=False).create_tuple_iterator(num_epochs=1))
 print("rows", rows)
 """
