@@ -98,6 +98,8 @@ def test_predict_on_h264_records_gives_eval_scores(tiny_h264_records, tmp_path):
     assert _predict(config_file, ckpt, *videos, "--out", out, "--top", cfg.model.num_classes) == 0
     predicted = [json.loads(line) for line in out.read_text().splitlines()]
 
+    # Eagerly, as predict ran: an earlier test of this process may have left graph mode set.
+    ms.set_context(mode=ms.PYNATIVE_MODE)
     result = evaluate(inference_network(cfg, ckpt), create_dataset(cfg, "val", training=False),
                       cfg.model.num_classes)
     names = read_labels(tiny_h264_records.labels)
