@@ -16,9 +16,11 @@ from trainer.train import TEST_NAN_AT_ENV
 
 pytestmark = pytest.mark.slow   # an msrun job
 
-# msrun kills the other workers as soon as one exits non-zero; one killed before it unregistered
-# keeps the scheduler (and msrun) waiting for its heartbeat timeout, 30 s, about one run in three.
-RANKS, TIMEOUT = 2, 90
+# "Within a minute" (issue 22), start-up included: msrun kills the other workers as soon as one
+# exits non-zero, and one killed before it left the cluster kept the scheduler (and msrun) waiting
+# for its 30 s heartbeat timeout, about one job in three (68-85 s); scripts/launch.py's grace
+# lets every rank leave first.
+RANKS, TIMEOUT = 2, 60
 # 16 train videos / (2 ranks x batch 2) = 4 steps per epoch, log windows ending at steps 2 and 4.
 TINY = ("model.width=8", "data.batch_size=2", "train.log_interval=2", "train.epochs=1",
         "train.eval_interval=100", "mode=pynative", "data.num_workers=1")
@@ -54,3 +56,5 @@ def test_one_ranks_nan_loss_at_a_log_window_stops_every_rank_naming_it(tiny_reco
         assert ("stopped: train stopped at epoch 1 step 2 on rank 1: loss is nan; the last good "
                 "checkpoint is none") in text, text[-1500:]
     assert not (tmp_path / "nan" / "checkpoints").exists()
+    scheduler = (logs / "scheduler.log").read_text()   # every rank left the cluster: none was killed
+    assert all(f"Node {rank} has unregistered" in scheduler for rank in range(RANKS)), scheduler[-1500:]
