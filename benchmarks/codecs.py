@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from benchmarks.footage import find_videos
@@ -43,7 +44,8 @@ from datatools.cli import positive_int, run_cli
 from datatools.h264 import H264Encoder
 from datatools.manifest import H264, JPEG
 from datatools.schema import pack_frames, sample_checksum
-from datatools.video import VideoError, encode_frame, even_size, frame_planes, iter_frames, orientation, stored_size
+from datatools.video import (VideoError, encode_frame, error_line, even_size, frame_planes, iter_frames,
+                             orientation, stored_size)
 from trainer.data import ClipDecoder, ClipSampler, TrainClips
 from trainer.heap import keep_large_buffers
 
@@ -51,6 +53,9 @@ from trainer.heap import keep_large_buffers
 H264_GRID = ((18, 8, True), (18, 8, False), (18, 4, True), (18, 16, True), (23, 8, True),
              (23, 16, True), (23, 16, False))
 SHORT_SIDE, QUALITY, SEGMENTS, FRAMES, CROP = 256, 90, 7, 5, 224
+# What a bad video makes the decoder, cv2 or the allocator raise (as datatools.video's
+# encode_or_reason counts them): that video is skipped with its reason, the others measured.
+BAD_VIDEO_ERRORS = (VideoError, av.error.FFmpegError, cv2.error, MemoryError)
 PEER = "peer: 256p mp4, seek/segment"
 
 
@@ -133,8 +138,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"== {path.name}")
         try:
             rows = measure(path, args.repeats, args.clips)
-        except VideoError as exc:
-            print(f"  skipped: {exc}")
+        except BAD_VIDEO_ERRORS as exc:
+            print(f"  skipped: {exc if isinstance(exc, VideoError) else error_line(exc)}")
             continue
         print(f"  {'form':28s} {'KB/frame':>8s} {'x fewer':>7s} {'PSNR Y':>6s} {'RGB':>6s} "
               f"{'enc ms/f':>8s} {'ms/clip':>7s} {'x jpeg':>6s}")

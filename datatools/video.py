@@ -24,7 +24,7 @@ from datatools.manifest import CHROMA_420, H264, LARGER_PAGE, Reason, Settings
 
 __all__ = ["VideoError", "EncodedVideo", "StreamInfo", "Orientation", "orientation", "stored_size",
            "even_size", "encodes_from_planes", "frame_planes", "encode_frame", "iter_frames",
-           "encode_video", "encode_or_reason"]
+           "encode_video", "encode_or_reason", "error_line"]
 
 # Decoded frames may fall this far short of the container's declared count (edit lists, a
 # dropped last frame) before the file counts as truncated.
@@ -358,9 +358,14 @@ def encode_or_reason(path: str | Path, settings: Settings, threads: int = 1,
     except VideoError as exc:
         return str(exc)
     except Exception as exc:        # noqa: BLE001 - any fault of one video is that video's row
-        kind = type(exc)
-        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-        return Reason.text(Reason.ENCODE_ERROR, f"{name}: {' '.join(str(exc).split())}")
+        return Reason.text(Reason.ENCODE_ERROR, error_line(exc))
+
+
+def error_line(exc: BaseException) -> str:
+    """``module.Class: message`` on one line (``cv2.error: ...``, ``MemoryError: ...``)."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return f"{name}: {' '.join(str(exc).split())}"
 
 
 def _declared_duration(stream: av.video.stream.VideoStream, container: av.container.InputContainer
