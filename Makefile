@@ -48,7 +48,7 @@ CKPT ?=
 # Without CKPT, eval and export use the run's best.ckpt (runs/<name>/best.ckpt).
 CKPT_ARG = $(if $(value CKPT),--ckpt $(call quoted,CKPT))
 
-.PHONY: setup test test-fast records train train-8p eval predict package-310 export-310 demo
+.PHONY: setup test test-fast test-demo records train train-8p eval predict package-310 export-310 demo
 
 setup: $(VENV)/.installed
 
@@ -68,10 +68,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 TEST_WORKERS ?= 2
 PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 test: setup
-	$(PYTEST) tests
+	$(PYTEST) --ignore=tests/e2e tests
 
 test-fast: setup
-	$(PYTEST) -m "not slow" tests
+	$(PYTEST) --ignore=tests/e2e -m "not slow" tests
+
+# The whole demo end to end (minutes): Ctrl-C in its first epoch, then run again (.ci/run).
+test-demo: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
 # What every target runs with, as its python sees it: interpreter, PYTHONPATH, sys.path, where the
 # project is imported from, MindSpore version and default device. On an Ascend host: are CANN's
