@@ -113,7 +113,7 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
     tasks, pre_failed = plan_shards(entries, {n: i for i, n in enumerate(names)}, videos_root,
                                     out_dir, settings, labels_sha256, decode_threads, given)
     if upload is not None:
-        upload.check(Path(labels_path))
+        upload.check(Path(labels_path), given, replace)
     with open_pool(backend, workers, scheduler) as pool, output_lock(out_dir):
         _claim_split(out_dir, given, replace)
         markers = [DoneMarker.read(ShardFiles.of(t.out_dir, t.index).done) for t in tasks]
@@ -347,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OBS endpoint for --upload (default: $OBS_ENDPOINT)")
     p.add_argument("--replace", action="store_true",
                    help="convert anew: remove the split --out holds (its shards and manifest) once "
-                        "every other check passed; without it, a split converted from another CSV "
-                        "or list, or with other settings, is refused")
+                        "every other check passed, and with --upload the bucket's shards the new "
+                        "split does not have; without it, a split converted from another CSV or "
+                        "list, or with other settings, is refused, locally or in the bucket")
     p.add_argument("--decode-threads", type=non_negative_int, default=1,
                    help="PyAV decoder threads per worker (default 1: the least CPU a video when "
                         "the workers fill the cores; 0: FFmpeg decides)")

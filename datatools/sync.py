@@ -11,7 +11,8 @@ phase starting once the one before is copied and verified (both ways). A destina
 or manifest that would vouch for a file about to change is removed before anything is copied;
 nothing else is ever deleted. A pulled split is checked with datatools.inspect. Credentials:
 see datatools.obs. ``SplitPush`` applies the same order to a split while datatools.convert
-writes it (``--upload``).
+writes it (``--upload``), and leaves the bucket's split equal to the local one: a shard the new
+split does not have is deleted there before its manifest is pushed.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import argparse
 import logging
 import re
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -27,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from datatools.cli import positive_int, run_cli
-from datatools.manifest import MANIFEST_NAME, DoneMarker, FileDigest, ShardFiles
+from datatools.manifest import MANIFEST_NAME, DoneMarker, FileDigest, InputId, ShardFiles, shards_on_disk
 from datatools.obs import Bucket, ObsUrl, endpoint_from_env, parse_url, refuse_oversized
 from datatools.schema import LABELS_NAME
 
@@ -58,11 +60,15 @@ def phase_of(relative: str) -> int | None:
 def _shard(relative: str) -> ShardFiles | None:
     """The shard whose files (``ShardFiles``) include this one, by name; None for other files."""
     path = PurePosixPath(relative)
-    digits = re.search(r"\d+", path.name)
-    if digits:
-        files = ShardFiles.of(Path(path.parent), int(digits.group()))
-        if path.name in {f.name for f in files.all()}:
-            return files
+    index = _shard_index(path.name)
+    return None if index is None else ShardFiles.of(Path(path.parent), index)
+
+
+def _shard_index(name: str) -> int | None:
+    """The index of the shard that owns the file ``name``; None for another file."""
+    digits = re.search(r"\d+", name)
+    if digits and name in {f.name for f in ShardFiles.of(Path(), int(digits.group())).all()}:
+        return int(digits.group())
     return None
 
 
@@ -291,9 +297,10 @@ class SplitPush:
     def labels_key(self) -> str:
         return self.dataset().key(LABELS_NAME)
 
-    def check(self, labels: Path) -> None:
-        """Before anything is written: the credentials work, the bucket answers, and the folder
-        above the split holds no other label file (its other splits would not match this one)."""
+    def check(self, labels: Path, given: InputId, replace: bool = False) -> None:
+        """Before anything is written: the credentials work, the bucket answers, the folder above
+        the split holds no other label file (its other splits would not match this one), and the
+        split's folder holds no split of another input, unless ``replace`` (as a local split)."""
         bucket = self.bucket()
         key = self.labels_key()
         there = bucket.list(key)        # unlike a stat, fails on a missing bucket
@@ -301,6 +308,23 @@ class SplitPush:
         if stored is not None and not stored.holds(FileDigest.of(labels, md5=True)):
             raise ValueError(f"{bucket.url(key)} is another label file than {labels}: "
                              f"upload to another folder, or delete it there first")
+        other = self._stored_input(bucket)
+        if other is not None and other.sha256 != given.sha256 and not replace:
+            raise ValueError(f"{self.url} holds a split converted from {other.name}, not from {given.name} "
+                             f"(other videos or labels): upload to another folder, or add --replace "
+                             f"to replace that split")
+
+    def _stored_input(self, bucket: Bucket) -> InputId | None:
+        """The input of the split in the bucket, from its first done marker that names one."""
+        markers = [o.key for o in bucket.list(self.url.key("")) if o.key.endswith(".done.json")]
+        with tempfile.TemporaryDirectory() as folder:
+            for index, key in enumerate(markers):
+                local = Path(folder) / f"{index}.done.json"
+                bucket.download(key, local)
+                marker = DoneMarker.read(local)
+                if marker is not None and marker.input is not None:
+                    return marker.input
+        return None
 
     def start(self, split_dir: Path, kept: list[int], converting: bool, workers: int) -> None:
         """Before the run's tasks: withdraw the bucket's manifest if the split there is about to
@@ -320,9 +344,11 @@ class SplitPush:
         self._send(files, self._lacking(files, bucket), bucket)
 
     def finish(self, split_dir: Path, labels: Path) -> None:
-        """After every shard is pushed: the label file, then the manifest; each only if the
-        bucket does not hold it already."""
+        """After every shard is pushed: the shards the split does not have (a replaced split's
+        extra ones) are deleted in the bucket, then the label file and the manifest are pushed,
+        each only if the bucket does not hold it already."""
         bucket = self.bucket()
+        self._delete_other_shards(split_dir, bucket)
         manifest = split_dir / MANIFEST_NAME
         for path, key in ((labels, self.labels_key()), (manifest, self.url.key(MANIFEST_NAME))):
             digest = FileDigest.of(path, md5=True)
@@ -331,6 +357,18 @@ class SplitPush:
                 bucket.upload(path, key, digest)
         log.info("pushed the split to %s: python -m datatools.sync %s DIR pulls the dataset (%s and "
                  "its splits)", self.url, self.dataset(), LABELS_NAME)
+
+    def _delete_other_shards(self, split_dir: Path, bucket: Bucket) -> None:
+        """Delete the bucket's shard files of shards ``split_dir`` does not hold, markers first
+        (a marker vouches for its files)."""
+        ours = set(shards_on_disk(split_dir))
+        prefix = self.url.key("")
+        others = [o.key for o in bucket.list(prefix)
+                  if (index := _shard_index(o.key[len(prefix):])) is not None and index not in ours]
+        for key in sorted(others, key=lambda k: not k.endswith(".done.json")):
+            bucket.delete(key)
+        if others:
+            log.info("deleted %d file(s) of shards the split no longer has in %s", len(others), self.url)
 
     def _lacking(self, files: ShardFiles, bucket: Bucket) -> list[tuple[Path, str | None]]:
         """The shard's files the bucket does not hold, in push order, each with the sha256 its

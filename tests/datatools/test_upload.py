@@ -99,6 +99,31 @@ def test_a_resumed_upload_sends_only_what_the_bucket_lacks(source, bucket, tmp_p
     assert sync.sync(url, str(tmp_path / "pulled")).inspected == [tmp_path / "pulled"]
 
 
+def test_another_input_into_an_uploaded_split_is_refused_and_a_replace_leaves_only_its_shards(
+        source, bucket, tmp_path, bucket_calls, capsys):
+    url = f"obs://{bucket}/ds/train"
+    assert _convert(source, tmp_path / "train", "--upload", url) == 0          # 3 shards there
+    fewer = tmp_path / "fewer.csv"
+    fewer.write_text("\n".join(source["csv"].read_text().splitlines()[:3]) + "\n")   # 2 videos, 1 shard
+    other = {**source, "csv": fewer}
+    bucket_calls.clear()
+    capsys.readouterr()
+    assert _convert(other, tmp_path / "mine", "--upload", url) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {url} holds a split converted from {source['csv']}, not from {fewer} ") \
+        and err.count("\n") == 1, err
+    assert bucket_calls == [] and not (tmp_path / "mine").exists()              # nothing written
+
+    assert _convert(other, tmp_path / "mine", "--upload", url, "--replace") == 0
+    first = ShardFiles.of(Path("."), 0)
+    stale = [f"delete {files.name}" for index in (1, 2) for files in (
+        ShardFiles.of(Path("."), index).done, ShardFiles.of(Path("."), index).record, ShardFiles.of(Path("."), index).db)]
+    assert sorted(call for call in bucket_calls if call in stale) == sorted(stale)
+    there = sorted(o.key.rsplit("/", 1)[-1] for o in obs.Bucket(bucket).list("ds/train/"))
+    assert there == sorted([first.record.name, first.db.name, first.done.name, MANIFEST_NAME])
+    assert sync.sync(url, str(tmp_path / "pulled")).inspected == [tmp_path / "pulled"]
+
+
 @pytest.mark.parametrize("target,code,message", [
     ("obs://Bad/train", 2, "error: malformed OBS URL 'obs://Bad/train'"),
     ("obs://{bucket}", 2, "error: --upload obs://{bucket}: give the split a folder, e.g. "
