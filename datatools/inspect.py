@@ -50,6 +50,7 @@ class SplitReport:
     failed_rows: list[ManifestRow] = field(default_factory=list)    # --failed lists them
     problems: list[str] = field(default_factory=list)
     bad_shards: set[int] = field(default_factory=set)
+    split_problems: int = 0         # of the problems: the split's own (its label file), no shard's
     checked: list[str] = field(default_factory=list)     # what "verified" covers
 
 
@@ -68,6 +69,7 @@ def inspect_split(split_dir: str | Path, decode: bool = False, workers: int = 1)
     labels = _labels_problem(split_dir)
     if labels:
         report.problems.append(labels)
+        report.split_problems += 1
     else:
         report.checked.append("label file")
     present = _present_shards(split_dir, expected, report)
@@ -178,9 +180,16 @@ def report_lines(report: SplitReport) -> list[str]:
                      f"{report.jpeg_bytes / 1e6:.2f} MB payload")
     lines += [f"BAD {p}" for p in report.problems]
     lines.append(f"verified: every shard matches the manifest ({', '.join(report.checked)})"
-                 if not report.problems else
-                 f"FAILED: {len(report.problems)} problem(s) in {len(report.bad_shards)} shard(s)")
+                 if not report.problems else f"FAILED: {_problem_count(report)}")
     return lines
+
+
+def _problem_count(report: SplitReport) -> str:
+    """``3 problem(s) in 2 shard(s)``, ``1 problem(s) with the label file``, or both."""
+    in_shards = len(report.problems) - report.split_problems
+    parts = [f"{in_shards} problem(s) in {len(report.bad_shards)} shard(s)"] if in_shards else []
+    parts += [f"{report.split_problems} problem(s) with the label file"] if report.split_problems else []
+    return ", ".join(parts)
 
 
 def contact_sheet(split_dir: str | Path, out_png: str | Path, num_videos: int = 6,

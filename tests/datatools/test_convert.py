@@ -336,7 +336,9 @@ def test_inspect_refuses_a_label_file_other_than_the_splits(tmp_path, capsys):
     capsys.readouterr()
     split = str(tmp_path / "records" / "train")
     assert run_cli(inspect.build_parser(), inspect.main, [split, "--workers", "1"]) == 1
-    bad = [line for line in capsys.readouterr().out.splitlines() if line.startswith("BAD")]
+    printed = capsys.readouterr().out.splitlines()
+    bad = [line for line in printed if line.startswith("BAD")]
+    assert printed[-1] == "FAILED: 1 problem(s) with the label file"     # not "in 0 shard(s)"
     # The trainer's own check (schema.split_labels_problem), word for word.
     assert bad == [f"BAD {split} was converted with another label file than {labels} (sha256 "
                    f"{stored[:12]}… vs {FileDigest.of(labels).sha256[:12]}…): its labels would mean "
