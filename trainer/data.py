@@ -497,24 +497,26 @@ def clip_decoder(cfg: Config, split: str, crop: int, normalize: bool = False) ->
     folder = split_dir(cfg, split)
     table = read_manifest(folder)
     settings = read_settings(table)
-    return build_decoder(cfg, settings.short_side if settings else None, crop, normalize,
-                         source_sizes(table), folder, codec_of(settings))
+    stored = settings.short_side if settings else None
+    if stored is not None and 0 < stored < crop:    # every clip would be upscaled from too few pixels
+        raise ValueError(f"{folder} is stored at short side {stored}, below the crop {crop}: "
+                         f"reconvert it with datatools.convert --short-side {crop} or more, or lower "
+                         f"data.crop_size / test.crop")
+    return build_decoder(cfg, stored, crop, normalize, source_sizes(table), folder, codec_of(settings))
 
 
 def build_decoder(cfg: Config, stored: int | None, crop: int, normalize: bool,
-                  sizes: dict[str, tuple[int, int]], where: str | Path, codec: str = JPEG) -> ClipDecoder:
-    """The decoder for ``codec`` frames stored at short side ``stored`` (None: unknown) from
-    sources of ``sizes`` ((height, width) by video_id); ``where`` names them in messages.
+                  sizes: dict[str, tuple[int, int]], where: str | Path, codec: str = JPEG,
+                  actual: int | None = None) -> ClipDecoder:
+    """The decoder for ``codec`` frames converted at short side ``stored`` (None: unknown) from
+    sources of ``sizes`` ((height, width) by video_id); ``where`` names them in messages, with
+    ``actual`` their own short side where it is known to differ (a source smaller than ``stored``
+    is kept at its size).
 
-    ``data.short_side: 0`` reads frames at the stored short side; another value rescales them at
-    read time, which is said once. A stored short side below the crop is refused (every clip
-    would be upscaled from too few pixels). ``data.resize=zoo`` keeps the videos whose source
-    short side is already the target at their source size.
+    ``data.short_side: 0`` reads frames at the converted short side; another value rescales them
+    at read time, which is said once. ``data.resize=zoo`` keeps the videos whose source short side
+    is already the target at their source size.
     """
-    if stored is not None and 0 < stored < crop:
-        raise ValueError(f"{where} is stored at short side {stored}, below the crop {crop}: "
-                         f"reconvert it with datatools.convert --short-side {crop} or more, or lower "
-                         f"data.crop_size / test.crop")
     if cfg.data.resize not in RESIZE_MODES:
         raise ConfigError(f"data.resize must be one of {'|'.join(RESIZE_MODES)}, got {cfg.data.resize!r}")
     short = cfg.data.short_side or stored
@@ -527,9 +529,11 @@ def build_decoder(cfg: Config, stored: int | None, crop: int, normalize: bool,
                   int(short * 4 / 3), short, stored)
         kept = {vid: size for vid, size in sizes.items() if min(size) == short}
         return ClipDecoder(short, crop, normalize, resize="zoo", source_sizes=kept, codec=codec)
-    if stored != short:
-        _log_once("%s is stored at short side %s; frames are scaled to data.short_side=%d at read "
-                  "time", where, stored, short)
+    shown = actual or stored
+    if shown != short:
+        _log_once("%s is stored at short side %s; frames are scaled to short side %d at read time (%s)",
+                  where, shown, short, f"data.short_side={short}" if cfg.data.short_side
+                  else f"data.short_side=0: the records' {stored}")
     return ClipDecoder(short, crop, normalize, codec=codec)
 
 

@@ -115,7 +115,8 @@ class Predictor:
         blob, offsets = pack_frames(encoded.frames)
         video_id = Path(path).stem
         decoder = build_decoder(self.cfg, s.short_side, self.cfg.test.crop, False,
-                                {video_id: (encoded.src_height, encoded.src_width)}, path, s.codec)
+                                {video_id: (encoded.src_height, encoded.src_width)}, path, s.codec,
+                                actual=min(encoded.width, encoded.height))
         clips = eval_clips(self.cfg, decoder, path)
         prediction = Prediction(str(path), self._top(self._scores(clips, blob, offsets, video_id)), [])
         if window:

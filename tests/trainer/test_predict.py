@@ -11,6 +11,7 @@ import pytest
 
 import trainer.predict
 from datatools.kinetics import read_csv
+from datatools.manifest import read_manifest, read_settings
 from datatools.schema import LABELS_NAME, read_labels
 from trainer.config import Config, load_config, save_config
 from trainer.data import create_dataset
@@ -109,6 +110,19 @@ def test_predict_on_h264_records_gives_eval_scores(tiny_h264_records, tmp_path):
     # The scores depend on the video, far beyond the tolerance: comparing them means something.
     spread = np.ptp([sorted(p["prob"] for p in prediction["top"]) for prediction in predicted], axis=0)
     assert spread.max() > 1e-3, spread
+
+
+def test_a_source_smaller_than_the_records_short_side_is_named_at_its_own(learned_run, config_files,
+                                                                          tmp_path, capsys):
+    """A source below the records' short side is stored at its own (as conversion keeps it): the
+    line says so, not the records' short side (it said 256 for a 176x144 source)."""
+    stored = learned_run.cfg.data.short_side or read_settings(read_manifest(
+        Path(learned_run.cfg.data.root) / "train")).short_side
+    small = bad_videos.good(tmp_path / "small.mp4", num_frames=16, width=64, height=stored - 8)
+    assert _predict(config_files["pynative"], learned_run.run_dir / "best.ckpt", small) == 0
+    printed = "".join(capsys.readouterr())
+    assert f"{small} is stored at short side {stored - 8}; frames are scaled to short side {stored} " \
+           f"at read time" in printed, printed
 
 
 def test_windows_cover_the_video_with_their_times(learned_run, val_videos, config_files, tmp_path):
