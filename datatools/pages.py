@@ -124,14 +124,16 @@ def choose_page(sizes: Sequence[int], count: int, pages: PageRange = AUTO_PAGES)
     """The page size of ``pages`` with the least expected ``layout_ratio`` of a shard of ``count``
     samples of ``sizes`` (a few probe videos', cycled), and that ratio; ties go to the smaller page.
 
-    The expected ratio is the mean over the sizes scaled across ``_spread``: a page that the
-    probe's samples fill to the byte takes one more page a shard for samples a little larger.
+    The expected ratio is the mean over the sizes scaled across ``_spread``, from 1/(1 + spread)
+    to 1 + spread (geometrically: a small split's spread can pass 1, and a size scaled by
+    1 - spread would be negative, as was the ratio logged), so a page that the probe's samples
+    fill to the byte takes one more page a shard for samples a little larger.
     A page must hold the largest sample with that margin; if none of ``pages`` does, the ceiling
     (a larger sample will be refused as too large, as it would with any page of the range).
     """
     shard = [sizes[i % len(sizes)] for i in range(count)]
     spread = _spread(sizes, count)
-    scales = [1 + spread * (2 * k / (SPREAD_POINTS - 1) - 1) for k in range(SPREAD_POINTS)]
+    scales = [(1 + spread) ** (2 * k / (SPREAD_POINTS - 1) - 1) for k in range(SPREAD_POINTS)]
     candidates = [p for p in pages.sizes() if p >= max(sizes) * (1 + spread)] or [pages.ceiling]
     expected = {p: statistics.fmean(_scaled_ratio(shard, p, x) for x in scales) for p in candidates}
     best = min(candidates, key=expected.__getitem__)

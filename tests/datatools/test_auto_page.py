@@ -47,6 +47,15 @@ def test_a_video_larger_than_the_floor_gets_a_page_that_holds_it():
     assert choose_page([200 * MB, 5 * MB], 64)[0] == AUTO_PAGES.ceiling
 
 
+def test_a_small_split_of_very_different_videos_gets_a_true_ratio():
+    """Two probe videos 200x apart: the spread passes 1 and a linear scale of 1 - spread made
+    sizes negative, so the log line said "expected apparent/allocated -105.530"."""
+    for sizes in ([1000, 200_000], [30_000, 800_000, 5000]):
+        page, ratio = choose_page(sizes, len(sizes))
+        # apparent bytes are at least the allocated ones, and no more than the shard's pages
+        assert 1 <= ratio <= layout_ratio([min(sizes)] * len(sizes), page), (sizes, page, ratio)
+
+
 def test_a_sample_that_fills_a_page_of_no_whole_packing_units_is_packed_alone():
     # 65,540 bytes: units of 8 bytes, 8,192 of them hold only 65,536
     assert pack_pages([100, 65_539, 200], 65_540) == [[1], [0, 2]]
