@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 import time
 from collections import Counter
@@ -41,7 +42,7 @@ from datatools.manifest import (AUTO, CHROMA_420, CHROMA_SUBSAMPLINGS, CODECS, D
                                 JPEG, MANIFEST_NAME, MAX_PAGE, MB, MIN_PAGE, PAGE_ALIGN, X264_PRESETS,
                                 DoneMarker, InputId, ManifestRow, Settings, ShardFiles,
                                 page_size_of, read_input, shards_on_disk, write_manifest)
-from datatools.pages import AUTO_PAGES, PageRange, disk_bytes
+from datatools.pages import AUTO_PAGES, PageRange, choose_page, disk_bytes, sample_bytes
 from datatools.plan import PROBE_VIDEOS, ShardTask, plan_shards, settle_page
 from datatools.shards import Verdict, clear_shard, convert_shard, no_space_error, shard_verdict
 from datatools.sync import SplitPush
@@ -51,6 +52,7 @@ __all__ = ["ConvertResult", "convert", "summary_lines", "main"]
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 5.0  # at most one progress line per this many seconds
+HOLES_WARNING = 4       # shard files this many times the bytes they allocate: mostly holes
 FAILED_SHOWN = 20       # failed videos the summary names (datatools.inspect --failed lists all)
 DEFAULT_QUALITY = 90
 H264_DEFAULTS = Settings(0, DEFAULT_QUALITY, None, 1, 0, codec=H264)     # the defaults of its fields
@@ -72,6 +74,8 @@ class ConvertResult:
     shards_damaged: int = 0     # kept shards whose files no longer matched their digests: redone
     retried: int = 0            # failed videos retried because their source changed
     retried_ok: int = 0         # ... of which now converted
+    page_size: int = 0          # the split's MindRecord page
+    videos_per_shard: int = 0
 
 
 @dataclass
@@ -139,7 +143,8 @@ def convert(csv_path: str | Path | None, videos_root: str | Path, labels_path: s
                                 for path in (files.record, files.db))
     retried_ok = sum(r.ok for r in rows if r.video_id in resume.retried)
     return ConvertResult(rows, len(tasks) - len(resume.todo), len(resume.todo), total, seconds, real,
-                         apparent, resume.damaged, len(resume.retried), retried_ok)
+                         apparent, resume.damaged, len(resume.retried), retried_ok, settings.page_size,
+                         settings.videos_per_shard)
 
 
 def _claim_split(out_dir: Path, given: InputId, replace: bool) -> None:
@@ -279,7 +284,25 @@ def summary_lines(result: ConvertResult) -> list[str]:
         f"{result.videos_converted} videos in {result.seconds:.1f} s = {rate:.1f} videos/s",
         f"retried {result.retried} video(s) whose source changed, {result.retried_ok} now ok",
     ]
-    return lines + failed_lines(result.rows, FAILED_SHOWN)
+    return lines + holes_lines(result) + failed_lines(result.rows, FAILED_SHOWN)
+
+
+def holes_lines(result: ConvertResult) -> list[str]:
+    """A warning when the shard files are mostly holes (pages far larger than the videos, as
+    for a small split of small videos): sparse on this disk, but a copy to storage that is not
+    sparse (an OBS bucket, many network filesystems) stores them whole. Names the --page-mb that
+    fits these videos."""
+    sizes = [sample_bytes(r.num_frames, r.bytes) for r in result.rows if r.ok]
+    if not sizes or result.apparent_bytes <= HOLES_WARNING * max(result.real_bytes, 1):
+        return []
+    fitting = PageRange(MB, max(MB, result.page_size - MB), MB)
+    page, _ = choose_page(sizes, result.videos_per_shard or len(sizes), fitting)
+    if page >= result.page_size:
+        return []
+    return [f"holes: the shard files are {result.apparent_bytes / result.real_bytes:.0f}x the bytes they "
+            f"allocate ({result.page_size / MB:g} MiB pages for videos of {statistics.fmean(sizes) / 1e3:.0f} "
+            f"KB): sparse here, but whole in a copy or a bucket; --page-mb {page // MB} fits "
+            f"these videos (reconvert with it and --replace)"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -353,3 +353,18 @@ def test_a_refused_resume_names_each_changed_setting_by_its_flag():
     assert stored.changes_to(given) == ["--max-fps None → 12.5", "--page-mb 1 → 2", "--crf 18 → 20",
                                         "--fastdecode on → off"]
     assert stored.changes_to(stored) == []
+
+
+def test_a_split_of_mostly_holes_is_warned_about_with_the_page_that_fits(tmp_path, capsys):
+    """Two small videos in the auto range's 32 MiB pages: the shard file is ~1,000x what it
+    allocates (a bucket stores all of it); the summary says so and names the page that fits.
+    With that page, no warning."""
+    csv, videos, labels, out = _two_videos(tmp_path)
+    common = ["--csv", csv, "--videos", videos, "--labels", labels, "--short-side", "32", "--backend", "threading"]
+    code, printed, _ = _cli_out(capsys, *common, "--out", out)
+    assert code == 0
+    holes = [line for line in printed.splitlines() if line.startswith("holes: ")]
+    assert len(holes) == 1 and "(32 MiB pages for videos of " in holes[0] \
+        and holes[0].endswith("--page-mb 1 fits these videos (reconvert with it and --replace)"), printed
+    code, printed, _ = _cli_out(capsys, *common, "--out", tmp_path / "fitting", "--page-mb", "1")
+    assert code == 0 and "holes: " not in printed
