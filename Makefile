@@ -152,10 +152,14 @@ predict: setup
 # folder to the 310 host (CANN + numpy + MindSpore Lite for Ascend: see its requirements-310.txt)
 # and run `bash run.sh Ascend 0` there (the Lite route is untested here). `make export-310` does
 # both halves on this host, running the package with INFER_DEVICE (CPU: MindSpore).
-OUT_310 ?= export/310
+# Each run's package goes to export/<name>/310 (name: the config's, or name= in ARGS), so two runs
+# never share one.
+RUN_NAME = $(shell $(PY) -m trainer.show_config --config $(CONFIG) $(ARGS) --key name 2>/dev/null)
+OUT_310 ?= export/$(RUN_NAME)/310
 PACKAGE_310 ?= $(OUT_310)/package
 INFER_DEVICE ?= CPU
 package-310: setup
+	@test -n "$(RUN_NAME)" || $(PY) -m trainer.show_config --config $(CONFIG) $(ARGS) --key name
 	$(PY) -m trainer.export --config $(CONFIG) $(CKPT_ARG) --format MINDIR --batch 1 --input uint8 \
 		--out $(OUT_310) $(ARGS)
 	$(PY) -m trainer.infer310.preprocess --config $(CONFIG) --out $(OUT_310) $(ARGS)

@@ -164,3 +164,19 @@ def test_several_nodes_need_the_port_given():
                           text=True)
     assert port.returncode == 2 and port.stderr.startswith("error: NNODES=2: give every node the same "
                                                              "MASTER_PORT=")
+
+
+@pytest.mark.parametrize("name", ["first-run", "second-run"])
+def test_each_run_exports_and_packages_into_its_own_folder(name):
+    result = _make("-n", "export-310", "CONFIG=configs/demo.yaml", f"ARGS=name={name}")
+    assert result.returncode == 0, result.stderr
+    out = f"export/{name}/310"
+    assert f"--out {out} " in result.stdout and f"--out {out}/package" in result.stdout
+    assert f"bash {out}/package/run.sh CPU" in result.stdout
+
+
+def test_a_run_name_that_is_refused_stops_the_package_in_one_line():
+    result = _make("package-310", "CONFIG=configs/demo.yaml", "ARGS=name=../x")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and len(errors) == 1 and "name" in errors[0], result.stderr
+    assert "-m trainer.export" not in result.stdout

@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 import trainer.export
 from datatools.schema import sample_checksum
 from trainer import eval as trainer_eval
-from trainer.config import load_config
+from trainer.config import Config, load_config
 from trainer.data import MEAN, STD, ClipDecoder, ClipSampler, EvalClips
 from trainer.export import export_network
 from trainer.infer310 import (DATA_DIR, LABELS_FILE, META_NAME, NAMES_FILE, RESULT_DIR, read_meta,
@@ -150,6 +150,23 @@ def test_preprocess_writes_every_video_once(run, tiny_h264_records):
     assert meta["dtype"] == "uint8" and run["float_meta"]["dtype"] == "float32"
     assert {k: v for k, v in run["float_meta"].items() if k not in ("dtype", "clip_shape")} == \
         {k: v for k, v in meta.items() if k not in ("dtype", "clip_shape")}
+
+
+def test_preprocess_again_into_its_folder_leaves_only_the_new_clips(run, tmp_path):
+    """Another protocol into the same --out: the clips of the first are gone, so a package
+    made from the folder holds one build (two runs once left 96 stale clips there); a data
+    folder that no preprocess wrote is refused, untouched."""
+    work = tmp_path / "work"
+    first = preprocess(run["cfg"], work)
+    second = preprocess(Config(run["cfg"], test=Config(run["cfg"].test, clips=1)), work)
+    assert len(first["files"]) == CLIPS_PER_VIDEO * len(second["files"])
+    assert sorted(p.name for p in (work / DATA_DIR).iterdir()) == sorted(second["files"])
+    foreign = tmp_path / "foreign"
+    (foreign / DATA_DIR).mkdir(parents=True)
+    (foreign / DATA_DIR / "mine.txt").write_text("not a clip")
+    with pytest.raises(ValueError, match=r"exists and no trainer.infer310.preprocess wrote it"):
+        preprocess(run["cfg"], foreign)
+    assert (foreign / DATA_DIR / "mine.txt").is_file()
 
 
 def test_uint8_clips_are_the_float_clips_before_normalization(run):

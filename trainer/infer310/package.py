@@ -1,7 +1,7 @@
 """Gather what a 310 host needs into one folder that runs without this checkout.
 
-    python -m trainer.infer310.package --model export/310/stnet_b1.mindir --work export/310 \
-        --out export/310/package
+    python -m trainer.infer310.package --model export/demo/310/stnet_b1.mindir --work export/demo/310 \
+        --out export/demo/310/package
 
 Host 1 (this checkout, records, MindSpore) exports, preprocesses and packages; host 2 (an
 Ascend 310 with CANN, MindSpore Lite and numpy only) runs ``bash run.sh Ascend 0`` in a copy of

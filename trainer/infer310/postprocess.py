@@ -1,6 +1,6 @@
 """Top-1 from the runner's result files, printed as the model zoo's postprocess prints it.
 
-    python -m trainer.infer310.postprocess --work export/310
+    python -m trainer.infer310.postprocess --work export/demo/310
     top1_correct=123, tot=200, acc=0.615
 
 A video's K clip × C crop results are scored by ``trainer.scoring.video_scores``, the rule trainer.eval

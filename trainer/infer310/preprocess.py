@@ -1,6 +1,6 @@
 """Write the evaluation clips as ``.bin`` files plus labels, for an offline runner.
 
-    python -m trainer.infer310.preprocess --config configs/demo.yaml --out export/310 [--float-input]
+    python -m trainer.infer310.preprocess --config configs/demo.yaml --out export/demo/310 [--float-input]
 
 The clips come from the same pipeline as trainer.eval (``create_dataset(training=False)``: K
 clips × C crops per video, padding masked out), so the 310 result can be checked against it. By
@@ -50,10 +50,9 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
     names = Path(cfg.data.root) / LABELS_NAME
     if not names.is_file():
         raise FileNotFoundError(f"{names} not found: the class names travel with the clips")
-    data_dir = out_dir / DATA_DIR
-    data_dir.mkdir(parents=True, exist_ok=True)
     dtype = "float32" if float_input else "uint8"
     dataset = create_dataset(cfg, split, training=False, normalize=float_input)
+    data_dir = _fresh_data_dir(out_dir)
     files: list[str] = []
     labels: list[int] = []
     video_ids: list[str] = []
@@ -86,6 +85,21 @@ def preprocess(cfg: Config, out_dir: str | Path, split: str = "val", *,
     logger.info("preprocess: wrote %d clips of %d videos (%s %s) to %s in %.1f s", len(files),
                 len(labels), clip_shape, dtype, data_dir, time.perf_counter() - start)
     return meta
+
+
+def _fresh_data_dir(out_dir: Path) -> Path:
+    """``out_dir``/data, empty: an earlier preprocess's clips are removed (another split or
+    protocol names other files, and the folder would hold two builds); a data folder that no
+    preprocess wrote (no clips.json beside it) is refused, never emptied."""
+    data_dir = out_dir / DATA_DIR
+    if data_dir.exists():
+        if not (out_dir / META_NAME).is_file():
+            raise ValueError(f"{data_dir} exists and no trainer.infer310.preprocess wrote it (no "
+                             f"{META_NAME} beside it): give another --out")
+        (out_dir / META_NAME).unlink()
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    return data_dir
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -1,6 +1,6 @@
 """Run an exported MINDIR over the preprocessed clips, one result ``.bin`` per clip.
 
-    python -m trainer.infer310.runner --model export/310/stnet_b1.mindir --work export/310 \
+    python -m trainer.infer310.runner --model export/demo/310/stnet_b1.mindir --work export/demo/310 \
         [--device CPU|Ascend] [--device-id 0]
 
 ``--device Ascend`` (an Ascend 310/310P host) uses MindSpore Lite (``mindspore_lite``), the
