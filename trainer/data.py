@@ -23,6 +23,7 @@ counts; evaluation refuses it (``trainer.eval``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import zlib
 from pathlib import Path
@@ -592,5 +593,21 @@ def create_dataset(cfg: Config, split: str, *, training: bool, rank: int = 0, gr
                 group_size, op)
     data = data.map(op, input_columns=_READ_COLUMNS, output_columns=columns,
                     num_parallel_workers=workers, python_multiprocessing=False)
-    data = data.project(columns)
-    return data.batch(batch_size, drop_remainder=training)
+    data = data.project(columns).batch(batch_size, drop_remainder=training)
+    limit = _quick_check_batches(cfg, training, group_size)
+    return data.take(limit) if limit else data
+
+
+def _quick_check_batches(cfg: Config, training: bool, group_size: int = 1) -> int:
+    """Batches a quick check of a config keeps per rank (0: all, the default): the first
+    ``train.limit_steps`` of every epoch, or the batches that hold ``test.limit_videos`` videos
+    over all ranks (every rank the same count, as the collectives need)."""
+    if training:
+        limit = cfg.train.limit_steps
+    else:
+        limit = math.ceil(cfg.test.limit_videos / (cfg.test.batch_size * group_size))
+    if limit:
+        _log_once("quick check: %s", f"every epoch stops after {limit} steps (train.limit_steps)" if training
+                  else f"evaluation reads {limit} batch(es) per rank, up to "
+                       f"{limit * cfg.test.batch_size * group_size} videos (test.limit_videos)")
+    return limit

@@ -244,6 +244,17 @@ def test_ctrl_c_in_the_first_epoch_then_resume_auto_starts_the_run_over(tiny_rec
     assert [p.name for p in run.epoch_checkpoints()] == ["epoch-0001.ckpt"]
 
 
+def test_a_quick_check_stops_each_epoch_early_and_evaluates_a_few_videos(tiny_records, tmp_path):
+    """train.limit_steps / test.limit_videos, as Lightning's fast_dev_run: a new config runs two
+    short epochs and evaluates 4 of the 12 val videos (2 batches of 2), in seconds."""
+    cfg = _config(tiny_records, tmp_path, "quick", "train.epochs=2", "train.limit_steps=2",
+                  "train.log_interval=1", "train.eval_interval=1", "test.limit_videos=3", "test.batch_size=2")
+    train(cfg)
+    windows, evaluations = RunDir(tmp_path / "quick").read_log()
+    assert [(w["epoch"], w["step"]) for w in windows] == [(1, 1), (1, 2), (2, 3), (2, 4)]
+    assert [e["videos"] for e in evaluations] == [4, 4]
+
+
 def test_train_cli_reports_missing_records_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "trainer.train", "--config", str(DEMO),
                              f"data.root={tmp_path}", f"train.output_dir={tmp_path}"],
