@@ -89,7 +89,7 @@ env:
 		print("sys.path:", *(p for p in sys.path if p), sep="\n  "); \
 		import trainer; print("trainer:", trainer.__file__); \
 		import mindspore as ms; \
-		print("mindspore:", ms.__version__, "device_target:", ms.get_context("device_target"))'
+		print("mindspore:", ms.__version__, "device_target:", ms.get_current_device().device_target)'
 
 records: setup
 ifeq ($(CSV),)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import traceback
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import mindspore as ms
+import mindspore.log
 import pytest
 from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
 from obs import ObsClient
@@ -104,6 +106,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PROJECT_CODE = tuple(f"{Path(__file__).resolve().parents[1] / folder}/"
+                     for folder in ("datatools", "trainer", "benchmarks", "scripts"))
+
+
+class DeprecationLog:
+    """MindSpore logs its deprecations through ``mindspore.log.warning`` (not the warnings
+    module). Wrapping it, this keeps each one logged while this project's code is on the stack,
+    naming that code's last frame: a call due to break in a later MindSpore release."""
+
+    def __init__(self, warning: Callable[..., None]) -> None:
+        self.warning_passed_on = warning
+        self.found: list[str] = []
+
+    def warning(self, msg: object, *args, **kwargs) -> None:
+        text = str(msg) % args if args else str(msg)
+        if "deprecat" in text.lower():
+            ours = [f"{frame.filename}:{frame.lineno}" for frame in traceback.extract_stack()
+                    if frame.filename.startswith(PROJECT_CODE)]
+            if ours:
+                self.found.append(f"{ours[-1]}: {' '.join(text.split())}")
+        self.warning_passed_on(msg, *args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _mindspore_deprecations_fail(monkeypatch) -> Iterator[None]:
+    """A MindSpore deprecation logged from this project's code fails the test that ran it."""
+    log = DeprecationLog(mindspore.log.warning)
+    monkeypatch.setattr(mindspore.log, "warning", log.warning)
+    yield
+    if log.found:
+        pytest.fail("MindSpore deprecation(s) from this project's code: " + "; ".join(log.found))
 
 
 @pytest.fixture(autouse=True)

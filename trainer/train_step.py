@@ -64,7 +64,7 @@ class LossScaledTrainStep(nn.TrainOneStepWithLossScaleCell):
 
     def __init__(self, network: nn.Cell, optimizer: nn.Optimizer, scale_sense: nn.Cell) -> None:
         super().__init__(network, optimizer, scale_sense)
-        self.native_overflow_check = ms.get_context("device_target") in ("Ascend", "GPU")
+        self.native_overflow_check = ms.get_current_device().device_target in ("Ascend", "GPU")
 
     def get_overflow_status(self, status, compute_output):
         if self.native_overflow_check:
