@@ -1,8 +1,9 @@
 """Cloud mode against a real S3 server (moto's, tests/conftest.py): a 3-rank msrun training pulls
 its records from the bucket once for the node, pushes its run folder after every epoch, reports
 the top-1 of the best.ckpt it saves, and a second job on an empty machine resumes from what was
-pushed; plus the ModelArts flags, the free-space refusal, the waiting ranks, a failed push, a
-checkpoint_url on OBS, and one-line failures that never show a credential."""
+pushed; plus the ModelArts flags, the free-space refusal, the waiting ranks, which rank is local
+rank 0 under msrun and under a rank table on devices 4 and 5 (that pulls once for the node too), a
+failed push, a checkpoint_url on OBS, and one-line failures that never show a credential."""
 from __future__ import annotations
 
 import json
