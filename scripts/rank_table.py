@@ -3,9 +3,10 @@
     python scripts/rank_table.py RANK_TABLE_FILE [--server-id ID]
 
 Prints the table's total device count (the job's RANK_SIZE) on the first line, then one line
-``rank_id device_id`` per device of this server, by rank. A bad table is one ``error: ...`` line
-on stderr and exit 2, so the launcher stops before starting any rank. Standard library only: it
-runs before (and without) the project's imports.
+``rank_id device_id`` per device of this server, by rank (the launcher exports a line's position
+as that rank's LOCAL_RANK). A bad table is one ``error: ...`` line on stderr and exit 2, so the
+launcher stops before starting any rank. Standard library only: it runs before (and without) the
+project's imports.
 """
 from __future__ import annotations
 

@@ -67,15 +67,17 @@ stop_ranks() {
 }
 # Background ranks ignore Ctrl-C (no job control in a script): pass it on rather than orphan them.
 trap stop_ranks INT TERM
-for entry in "${local_devices[@]}"; do
-  read -r rank_id device_id <<< "$entry"
+# LOCAL_RANK: the rank's position among this server's devices (0 pulls the node's copy of what
+# trainer/cloud.py fetches); DEVICE_ID is the device itself, 4 for the first rank of a job on 4-7.
+for local_rank in "${!local_devices[@]}"; do
+  read -r rank_id device_id <<< "${local_devices[$local_rank]}"
   rank_dir=runs/rank-table/rank_$rank_id
   rm -rf "$rank_dir"  # this rank's folder only: other servers' ranks may share the filesystem
   mkdir -p "$rank_dir"
   log=$rank_dir/train.log
   echo "rank $rank_id of $RANK_SIZE on device $device_id: $python -m trainer.train" \
     "--config $config device_target=Ascend $*" > "$log"
-  DEVICE_ID=$device_id RANK_ID=$rank_id ASCEND_PROCESS_LOG_PATH=$root/$rank_dir \
+  DEVICE_ID=$device_id RANK_ID=$rank_id LOCAL_RANK=$local_rank ASCEND_PROCESS_LOG_PATH=$root/$rank_dir \
     "$python" -m trainer.train --config "$config" device_target=Ascend "$@" >> "$log" 2>&1 &
   pids+=("$!") ranks+=("$rank_id") logs+=("$log")
 done

@@ -98,8 +98,8 @@ def launch(project: Path, *args: str, cwd: Path | None = None, python: str = sys
     """Run the launch script of ``project`` from ``cwd`` (default: the project root) in a clean
     environment: no inherited rank variables or PYTHONPATH unless given in ``env``."""
     base = {k: v for k, v in os.environ.items()
-            if k not in {"SERVER_ID", "RANK_SIZE", "RANK_ID", "DEVICE_ID", "RANK_TABLE_FILE",
-                         "PYTHONPATH", "HCCL_CONNECT_TIMEOUT"}}
+            if k not in {"SERVER_ID", "RANK_SIZE", "RANK_ID", "DEVICE_ID", "LOCAL_RANK",
+                         "RANK_TABLE_FILE", "PYTHONPATH", "HCCL_CONNECT_TIMEOUT", "MS_ROLE"}}
     return subprocess.run(["bash", str(project / LAUNCH), *args], cwd=cwd or project,
                           env={**base, "PYTHON": python, **env}, capture_output=True, text=True,
                           timeout=300)
@@ -131,7 +131,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 [ "$1" = -m ] || exec {python} "$@"
 echo "argv=$*"
 echo "cwd=$PWD"
-for v in RANK_TABLE_FILE RANK_SIZE RANK_ID DEVICE_ID PYTHONPATH ASCEND_PROCESS_LOG_PATH HCCL_CONNECT_TIMEOUT; do
+for v in RANK_TABLE_FILE RANK_SIZE RANK_ID DEVICE_ID LOCAL_RANK PYTHONPATH ASCEND_PROCESS_LOG_PATH HCCL_CONNECT_TIMEOUT; do
   echo "$v=${{!v-<unset>}}"
 done
 code=FAKE_EXIT_$RANK_ID
@@ -153,8 +153,9 @@ def read_env(log: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("inherited, timeout", [(None, None), (FAKE_CANN, "900")])
 def test_launch_environment_of_each_rank(project, tmp_path, fake_python, inherited, timeout):
-    """Server b's devices 4 and 6 run ranks 2 and 3 of 4, with cwd = root and paths resolved,
-    and HCCL given 600 s for every rank to join unless the caller set its own timeout."""
+    """Server b's devices 4 and 6 run ranks 2 and 3 of 4 as its local ranks 0 and 1, with cwd =
+    root and paths resolved, and HCCL given 600 s for every rank to join unless the caller set
+    its own timeout."""
     caller = tmp_path / "caller"
     caller.mkdir()
     (caller / "my.yaml").write_text("name: x\n")
@@ -166,14 +167,14 @@ def test_launch_environment_of_each_rank(project, tmp_path, fake_python, inherit
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "all 2 ranks finished"
     assert rank_dirs(project) == ["rank_2", "rank_3"]
-    for rank, device in ((2, 4), (3, 6)):
+    for rank, device, local in ((2, 4, 0), (3, 6, 1)):
         rank_dir = project / f"runs/rank-table/rank_{rank}"
         got = read_env(rank_dir / "train.log")
         assert got == {
             "argv": f"-m trainer.train --config {caller / 'my.yaml'} device_target=Ascend "
                     "train.epochs=1",
             "cwd": str(project), "RANK_TABLE_FILE": str(caller / "table.json"), "RANK_SIZE": "4",
-            "RANK_ID": str(rank), "DEVICE_ID": str(device),
+            "RANK_ID": str(rank), "DEVICE_ID": str(device), "LOCAL_RANK": str(local),
             "PYTHONPATH": f"{project}:{inherited}" if inherited else str(project),
             "ASCEND_PROCESS_LOG_PATH": str(rank_dir), "HCCL_CONNECT_TIMEOUT": timeout or "600"}
 

@@ -27,10 +27,11 @@ from datatools.schema import LABELS_NAME
 from datatools.sync import Progress, phase_of, sync
 from trainer.config import Config, check_run_name
 from trainer.rundir import RunDir, atomic_path
-from trainer.runtime import distributed_launch
+from trainer.runtime import distributed_launch, launched_by_msrun
 
-__all__ = ["MARKER", "local_rank", "launch_token", "once_per_node", "wait_for", "pull_records",
-           "prepare", "checkpoint", "pull_run", "clear_run", "push_run", "push_outputs"]
+__all__ = ["MARKER", "MSRUN_LOCAL_RANK", "RANK_TABLE_LOCAL_RANK", "local_rank", "launch_token",
+           "once_per_node", "wait_for", "pull_records", "prepare", "checkpoint", "pull_run",
+           "clear_run", "push_run", "push_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,35 @@ POLL_SECONDS = 0.5
 EXPORT_FOLDER = "export"        # trainer.export's files go to <train_url>/<name>/export/
 
 
+# The variable in which each launcher gives a rank its index among its node's ranks. msrun's, as
+# MindSpore 2.10 sets it for each worker (parallel/cluster/process_entity/_api.py,
+# _ProcessManager._start_single_worker):  os.environ["DEVICE_ID"] = str(local_rank)
+MSRUN_LOCAL_RANK = "DEVICE_ID"
+# Under a rank table DEVICE_ID is the device itself (4..7 for a job on devices 4-7), so
+# scripts/run_distribute_train.sh exports the rank's position in this server's device list.
+RANK_TABLE_LOCAL_RANK = "LOCAL_RANK"
+
+
+def _local_rank_variable() -> tuple[str, str]:
+    """The variable this process's launcher sets, and who sets it (for the error)."""
+    if launched_by_msrun():
+        return MSRUN_LOCAL_RANK, "msrun exports it to every worker"
+    return RANK_TABLE_LOCAL_RANK, ("scripts/run_distribute_train.sh exports it for every rank; a "
+                                   "rank-table launcher of your own must too")
+
+
 def local_rank() -> int:
-    """This process's index on its node: msrun exports it as DEVICE_ID to every worker (the
-    rank-table launch exports the device id, 0 for the first device of a full server)."""
-    return int(os.environ.get("DEVICE_ID", "0")) if distributed_launch() else 0
+    """This process's index among its node's ranks, from the variable its launcher exports for
+    it; never a rank table's device id (a job's devices need not start at 0, and no rank of a job
+    on devices 4-7 would pull)."""
+    if not distributed_launch():
+        return 0
+    name, source = _local_rank_variable()
+    value = os.environ.get(name, "")
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"{name} must be this rank's index on its node (0, 1, ...), got "
+                         f"{value!r}: {source}")
+    return int(value)
 
 
 def launch_token() -> str:
@@ -97,12 +123,13 @@ def _heartbeat(marker: Path) -> Iterator[None]:
 
 
 def once_per_node(dest: Path, what: str, work: Callable[[], Any], *,
-                  timeout: float = WAIT_SECONDS) -> None:
+                  timeout: float | None = None) -> None:
     """Local rank 0 runs ``work`` (a pull into ``dest``) and marks ``dest`` done or failed; the
-    node's other ranks wait for that marker (``wait_for``), so none reads a partial copy."""
+    node's other ranks wait for that marker (``wait_for``; ``timeout`` defaults to WAIT_SECONDS,
+    read at the call, so a test can shorten it), so none reads a partial copy."""
     marker, token = Path(dest) / MARKER, launch_token()
     if local_rank() != 0:
-        wait_for(marker, what, token, timeout)
+        wait_for(marker, what, token, WAIT_SECONDS if timeout is None else timeout)
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     _write_marker(marker, token, PULLING)

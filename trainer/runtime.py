@@ -15,8 +15,8 @@ from trainer.config import AUTO_DEVICE, DEVICE_TARGETS, MODES, Config, ConfigErr
 from trainer.cpu import use_fast_cpu_kernels
 from trainer.heap import keep_large_buffers
 
-__all__ = ["distributed_launch", "resolve_device_target", "init_runtime", "all_reduce_sum",
-           "all_reduce_counts"]
+__all__ = ["launched_by_msrun", "distributed_launch", "resolve_device_target", "init_runtime",
+           "all_reduce_sum", "all_reduce_counts"]
 
 logger = logging.getLogger(__name__)
 MS_MODES = {"graph": ms.GRAPH_MODE, "pynative": ms.PYNATIVE_MODE}   # MindSpore's value of each of MODES
@@ -30,10 +30,15 @@ CANN_VARIABLES = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH")
 HCCL_CONNECT_TIMEOUT = "600"
 
 
+def launched_by_msrun() -> bool:
+    """msrun exports MS_ROLE to the scheduler and every worker (also when given a rank table)."""
+    return "MS_ROLE" in os.environ
+
+
 def distributed_launch() -> bool:
-    """msrun exports MS_ROLE to the scheduler and every worker; the Ascend rank-table launch
-    (scripts/run_distribute_train.sh) exports RANK_TABLE_FILE and RANK_SIZE."""
-    return "MS_ROLE" in os.environ or (
+    """Under msrun, or the Ascend rank-table launch (scripts/run_distribute_train.sh), which
+    exports RANK_TABLE_FILE and RANK_SIZE."""
+    return launched_by_msrun() or (
         "RANK_TABLE_FILE" in os.environ and int(os.environ.get("RANK_SIZE", "1")) > 1)
 
 

@@ -1,8 +1,9 @@
 """Cloud mode against a real S3 server (moto's, tests/conftest.py): a 3-rank msrun training pulls
 its records from the bucket once for the node, pushes its run folder after every epoch, reports
 the top-1 of the best.ckpt it saves, and a second job on an empty machine resumes from what was
-pushed; plus the ModelArts flags, the free-space refusal, the waiting ranks, a failed push, a
-checkpoint_url on OBS, and one-line failures that never show a credential."""
+pushed; plus the ModelArts flags, the free-space refusal, the waiting ranks, which rank is local
+rank 0 under msrun and under a rank table on devices 4 and 5 (that pulls once for the node too), a
+failed push, a checkpoint_url on OBS, and one-line failures that never show a credential."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from datatools.cli import run_cli
 from datatools.obs import Bucket
 from datatools.schema import read_labels
 from tests.conftest import KEY_ID, SECRET, TOKEN, WsgiApp, free_port, s3_app, serving
+from tests.test_scripts import launch, project, write_table  # noqa: F401 (project: a fixture)
 from tests.trainer.test_config import DEMO, REPO
 from trainer import cloud, eval as eval_cmd, export as export_cmd, train as train_cmd
 from trainer.config import ConfigError, config_from_args, load_config
@@ -165,6 +168,128 @@ def test_a_pull_longer_than_the_timeout_keeps_the_waiting_ranks_waiting(tmp_path
         leader.join(60)
     waiter.join(60)
     assert outcome == ["returned"]
+
+
+# ---------------------------------------------------------------- local rank 0 under each launcher
+
+
+LAUNCH_VARIABLES = ("MS_ROLE", "DEVICE_ID", "LOCAL_RANK", "RANK_TABLE_FILE", "RANK_SIZE")
+MSRUN_WORKER = {"MS_ROLE": "MS_WORKER"}
+TABLE_OF_2 = {"RANK_TABLE_FILE": "table.json", "RANK_SIZE": "2"}
+
+
+def _launched(monkeypatch, **env: str) -> None:
+    """This process as a launcher started it: only ``env`` of the launch variables set."""
+    for name in LAUNCH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"DEVICE_ID": "5"}, 0),                                              # one process
+    ({**TABLE_OF_2, "RANK_SIZE": "1", "DEVICE_ID": "5"}, 0),              # a table of one device
+    ({**MSRUN_WORKER, "DEVICE_ID": "1", "LOCAL_RANK": "0"}, 1),           # msrun: DEVICE_ID ...
+    ({**MSRUN_WORKER, **TABLE_OF_2, "DEVICE_ID": "1", "LOCAL_RANK": "0"}, 1),  # ... also given a table
+    ({**TABLE_OF_2, "DEVICE_ID": "4", "LOCAL_RANK": "0"}, 0),             # a table: never the device
+    ({**TABLE_OF_2, "DEVICE_ID": "0", "LOCAL_RANK": "1"}, 1),
+])
+def test_local_rank_is_the_launchers_index_on_the_node(monkeypatch, env, expected):
+    _launched(monkeypatch, **env)
+    assert cloud.local_rank() == expected
+
+
+@pytest.mark.parametrize("env, got, source", [
+    (MSRUN_WORKER, "''", "msrun exports it to every worker"),
+    ({**MSRUN_WORKER, "DEVICE_ID": "-1"}, "'-1'", "msrun"),
+    ({**TABLE_OF_2, "DEVICE_ID": "4"}, "''", "scripts/run_distribute_train.sh exports it for every "
+                                             "rank; a rank-table launcher of your own must too"),
+    ({**TABLE_OF_2, "LOCAL_RANK": "first"}, "'first'", "scripts/run_distribute_train.sh"),
+])
+def test_a_missing_or_bad_local_rank_is_one_line_naming_the_variable(monkeypatch, env, got, source):
+    _launched(monkeypatch, **env)
+    name = cloud.MSRUN_LOCAL_RANK if "MS_ROLE" in env else cloud.RANK_TABLE_LOCAL_RANK
+    with pytest.raises(ValueError) as info:
+        cloud.local_rank()
+    assert str(info.value).startswith(f"{name} must be this rank's index on its node (0, 1, ...), "
+                                      f"got {got}: {source}") and "\n" not in str(info.value)
+
+
+MSRUN_PROBE = """import os
+if os.environ["MS_ROLE"] == "MS_WORKER":   # not the scheduler
+    from trainer.cloud import local_rank
+    print("rank", os.environ["RANK_ID"], "local rank", local_rank(), flush=True)
+"""
+
+
+def test_msruns_workers_on_the_second_node_are_its_local_ranks_0_and_1(tmp_path):
+    """The workers msrun starts on node 1 of 2 (global ranks 2 and 3), with a stray LOCAL_RANK in
+    the environment: msrun's DEVICE_ID decides, and it is the index on the node."""
+    (tmp_path / "probe.py").write_text(MSRUN_PROBE)
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+           "LOCAL_RANK": "7"}
+    result = subprocess.run(
+        [str(VENV_BIN / "msrun"), "--worker_num=4", "--local_worker_num=2", "--node_rank=1",
+         f"--master_port={free_port()}", "--log_dir=logs", "--join=True", "probe.py"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rank, local in ((2, 0), (3, 1)):
+        assert (tmp_path / "logs" / f"worker_{rank}.log").read_text() == f"rank {rank} local rank {local}\n"
+
+
+RANK_TABLE_RANK = """import sys
+from trainer import cloud, train
+from trainer.config import config_from_args
+
+if __name__ == "__main__":      # not in the pull's inspecting children (forkserver)
+    cloud.WAIT_SECONDS = 30.0   # a rank that no local rank 0 pulls for fails in 30 s, not 10 min
+    cfg = config_from_args(train.build_parser().parse_intermixed_args(sys.argv[1:]))
+    cfg = cloud.prepare(cfg, (cfg.data.train_split, cfg.data.val_split))
+    print("local rank", cloud.local_rank(), "reads", cfg.data.root, flush=True)
+"""
+
+RANK_TABLE_PYTHON = """#!/usr/bin/env bash
+# The ranks (-m trainer.train ARGS) run the rank of the test, up to its records, in this process.
+[ "$1" = -m ] || exec {python} "$@"
+shift 2
+exec {python} {rank} "$@"
+"""
+
+
+def _object_gets(app: WsgiApp) -> tuple[WsgiApp, Counter]:
+    """moto's S3 counting the GETs of each object (``bucket/key``; listings are not counted)."""
+    gets: Counter = Counter()
+
+    def counting(environ: dict, start_response):
+        path = environ["PATH_INFO"].strip("/")
+        if environ["REQUEST_METHOD"] == "GET" and "/" in path:
+            gets[path] += 1
+        return app(environ, start_response)
+    return counting, gets
+
+
+def test_a_rank_table_on_devices_4_and_5_pulls_once_for_the_node(records_url, bucket, project,
+                                                                  tmp_path):
+    """scripts/run_distribute_train.sh's 2 ranks on devices 4 and 5 (no device 0 on the node):
+    the first pulls every file of the records once, the other waits for it, and both go on."""
+    (tmp_path / "rank.py").write_text(RANK_TABLE_RANK)
+    python = tmp_path / "python"
+    python.write_text(RANK_TABLE_PYTHON.format(python=sys.executable, rank=tmp_path / "rank.py"))
+    python.chmod(0o755)
+    table = write_table(tmp_path / "table.json", {"10.0.0.1": [(0, 4), (1, 5)]})
+    cache = tmp_path / "cache"
+    app, gets = _object_gets(s3_app())
+    with serving(app) as counted:
+        result = launch(project, str(table), "configs/demo.yaml", f"--data_url={records_url}",
+                        f"cloud.cache_dir={cache}", python=str(python), OBS_ENDPOINT=counted)
+    logs = [(project / f"runs/rank-table/rank_{r}/train.log").read_text() for r in (0, 1)]
+    assert result.returncode == 0, result.stderr + "".join(logs)
+    copy = cache / "data" / bucket / "k400"
+    for local, log in enumerate(logs):
+        assert log.splitlines()[-1] == f"local rank {local} reads {copy}"
+    copied = {p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file() and p.name != cloud.MARKER}
+    assert {"labels.txt", "train/manifest.parquet", "val/manifest.parquet"} <= copied
+    assert gets == Counter({f"{bucket}/k400/{rel}": 1 for rel in copied})   # once, for both ranks
 
 
 # ---------------------------------------------------------------- the run folder on OBS
