@@ -18,7 +18,7 @@ import yaml
 
 __all__ = ["Config", "ConfigError", "load_config", "save_config", "config_parser", "config_from_args",
            "DEVICE_TARGETS", "AUTO_DEVICE", "MODES", "RESIZE_MODES", "BLOCKS_PER_STAGE",
-           "XCEPTION_VARIANTS", "LR_SCHEDULES", "AMP_LEVELS", "LOSS_SCALE_MANAGERS",
+           "XCEPTION_VARIANTS", "LR_SCHEDULES", "AUTO_AMP", "AMP_LEVELS", "LOSS_SCALE_MANAGERS",
            "TEST_CROPS", "NULLABLE_TYPES", "RULES", "RUN_NAME", "run_name_problem",
            "check_run_name"]
 
@@ -33,7 +33,8 @@ RESIZE_MODES = ("keep", "zoo")
 BLOCKS_PER_STAGE = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}  # ResNet depth -> blocks
 XCEPTION_VARIANTS = ("depthwise", "dense")
 LR_SCHEDULES = ("step", "cosine")
-AMP_LEVELS = ("auto", "O0", "O1", "O2", "O3")
+AUTO_AMP = "auto"      # per device (trainer.precision.amp_level), or the level a checkpoint's run recorded
+AMP_LEVELS = (AUTO_AMP, "O0", "O1", "O2", "O3")
 LOSS_SCALE_MANAGERS = ("dynamic", "fixed")
 TEST_CROPS = (1, 3)    # spatial test crops: the centre | left, centre, right along the long side
 

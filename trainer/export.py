@@ -9,9 +9,10 @@ instead and normalizes them itself (4× fewer bytes per clip for the 310 path). 
 (test.clips, test.crops) the graph still scores single clips: a video's views are run one by one
 and their softmax averaged (as trainer.eval and trainer.infer310.postprocess do), so one exported
 file serves every protocol.
-``<file>.json`` beside the export records the resolved config, the input shape (batch null when
-dynamic) and dtype, the class names and the file's sha256, so a deployment can check it runs the
-graph it was given.
+``<file>.json`` beside the export records the resolved config, the amp level the graph was cast
+with (by default the level the checkpoint's run trained with, ``trainer.precision.run_precision``),
+the input shape (batch null when dynamic) and dtype, the class names and the file's sha256, so a
+deployment can check it runs the graph it was given.
 """
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
         StNet taking (B, T, 3N, S, S) float32.
     cfg : Config
         Gives the input shape (``test.*``, ``data.frames_per_segment``), the class names
-        (``data.root``/labels.txt when present) and is stored in the JSON.
+        (``data.root``/labels.txt when present) and the amp level ``net`` was cast with
+        (``amp_level(cfg)``: pass ``run_precision``'s config); stored in the JSON.
     fmt : str
         ``MINDIR`` | ``AIR`` (Ascend only) | ``ONNX`` (fixed batch only).
     batch : int or None
@@ -115,8 +117,8 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
     shape = input_shape(cfg, batch, input_dtype)
     path = export_path(out_dir, fmt, batch)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from trainer.precision import PixelInput, amp_level
     if input_dtype == "uint8":
-        from trainer.precision import PixelInput
         net = PixelInput(net)
     net.set_train(False)
     start = time.perf_counter()
@@ -136,6 +138,7 @@ def export_network(net: nn.Cell, cfg: Config, fmt: str, *, batch: int | None = 1
         "input_shape": list(shape),
         "input_dtype": input_dtype,
         "output": ["batch", cfg.model.num_classes],
+        "amp_level": amp_level(cfg),
         "views_per_video": views_per_video(cfg),
         "classes": _class_names(cfg),
         "checkpoint": None if checkpoint is None else str(checkpoint),
@@ -156,8 +159,9 @@ def main(args: argparse.Namespace) -> Path:
     ckpt = checkpoint_arg(cfg, cloud.checkpoint(cfg, args.ckpt))
     rank, _ = init_runtime(cfg)
     setup_logging(rank)
-    from trainer.precision import inference_network  # heavy; after the cheap checks
-    # The graph evaluated in training (float16 inside on Ascend); export_network adds the input.
+    from trainer.precision import inference_network, run_precision  # heavy; after the cheap checks
+    cfg = run_precision(cfg, ckpt)   # the JSON records the level the network is cast with
+    # The graph evaluated in training (float16 inside on O2); export_network adds the input.
     net = inference_network(cfg, ckpt, pixels=False)
     out_dir = Path(args.out) if args.out else Path(DEFAULT_OUT) / cfg.name
     path = export_network(net, cfg, args.format, batch=batch, out_dir=out_dir, checkpoint=ckpt,

@@ -12,6 +12,8 @@ device.
 """
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
 
 import mindspore as ms
@@ -19,12 +21,16 @@ import numpy as np
 from mindspore import nn, ops
 
 from trainer.checkpoint import load_weights
-from trainer.config import AMP_LEVELS, Config, ConfigError
+from trainer.config import AMP_LEVELS, AUTO_AMP, Config, ConfigError
 from trainer.data import MEAN, STD
 from trainer.model import create_model
+from trainer.rundir import RunDir
 from trainer.runtime import resolve_device_target
 
-__all__ = ["AMP_LEVELS", "PixelInput", "amp_level", "cast_network", "inference_network"]
+__all__ = ["AMP_LEVELS", "PixelInput", "amp_level", "recorded_config", "run_precision",
+           "cast_network", "inference_network"]
+
+logger = logging.getLogger(__name__)
 
 LOW_PRECISION_DEVICES = ("Ascend", "GPU")
 
@@ -38,9 +44,44 @@ def amp_level(cfg: Config) -> str:
     level = cfg.train.amp_level
     if level not in AMP_LEVELS:
         raise ConfigError(f"train.amp_level must be one of {'|'.join(AMP_LEVELS)}, got {level!r}")
-    if level == "auto":
+    if level == AUTO_AMP:
         return "O2" if resolve_device_target(cfg) in LOW_PRECISION_DEVICES else "O0"
     return level
+
+
+def _with_amp_level(cfg: Config, level: str) -> Config:
+    new = copy.deepcopy(cfg)
+    new.train["amp_level"] = level
+    return new
+
+
+def recorded_config(cfg: Config) -> Config:
+    """``cfg`` as a run folder saves it: ``auto`` replaced by the level it resolves to here, so
+    the run's precision does not depend on the host that later reads it."""
+    return _with_amp_level(cfg, amp_level(cfg))
+
+
+def run_precision(cfg: Config, ckpt: str | Path) -> Config:
+    """``cfg`` with ``train.amp_level: auto`` replaced by the level the run holding ``ckpt``
+    trained with (its config.yaml), so an O2 run is evaluated and exported as O2 on a CPU host too.
+
+    An explicit level in ``cfg`` wins; ``cfg`` comes back unchanged when ``ckpt`` lies in no run
+    folder, or in one that recorded only ``auto`` (then the level resolves on this host).
+    """
+    if cfg.train.amp_level != AUTO_AMP:
+        return cfg
+    run = RunDir.holding(ckpt)
+    level = run.trained_amp_level() if run is not None else None
+    if level is None:
+        if run is not None:
+            logger.warning("%s records train.amp_level=auto, not the level it trained with (an "
+                           "older run): %s is built as auto resolves on this host, %s; give "
+                           "train.amp_level=<its level> if it trained elsewhere", run.config, ckpt,
+                           amp_level(cfg))
+        return cfg
+    logger.info("train.amp_level=auto: %s, the level %s trained with (an explicit "
+                "train.amp_level overrides it)", level, run.path)
+    return _with_amp_level(cfg, level)
 
 
 def cast_network(net: nn.Cell, cfg: Config) -> nn.Cell:
@@ -71,9 +112,10 @@ class PixelInput(nn.Cell):
 
 
 def inference_network(cfg: Config, ckpt: str | Path, *, pixels: bool = True) -> nn.Cell:
-    """StNet of ``cfg`` with the weights of ``ckpt``, cast as training casts it, in eval mode;
-    taking the loader's pixels (``PixelInput``), or with ``pixels=False`` host-normalized float32
-    clips (the model zoo's interface)."""
+    """StNet of ``cfg`` with the weights of ``ckpt``, cast as training cast it (``run_precision``),
+    in eval mode; taking the loader's pixels (``PixelInput``), or with ``pixels=False``
+    host-normalized float32 clips (the model zoo's interface)."""
+    cfg = run_precision(cfg, ckpt)
     net = create_model(cfg)
     load_weights(net, ckpt)
     net = cast_network(net, cfg)

@@ -1,6 +1,7 @@
 """The run folder ``<train.output_dir>/<name>/``: every file name in it, and how each is written.
 
-    config.yaml                 the resolved config of the run (no ``base:``)
+    config.yaml                 the resolved config of the run (no ``base:``; train.amp_level
+                                resolved: the precision the run trained with, trainer.precision)
     train.jsonl                 one JSON object per log window and per evaluation
     checkpoints/epoch-NNNN.ckpt full training state after epoch NNNN (the newest K kept)
     best.ckpt, best.json        weights with the best validation top-1, and that top-1 and epoch
@@ -20,7 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from trainer.config import Config, check_run_name
+import yaml
+
+from trainer.config import AMP_LEVELS, AUTO_AMP, Config, ConfigError, check_run_name
 
 __all__ = ["RunDir", "atomic_path"]
 
@@ -64,6 +67,29 @@ class RunDir:
         make the run folder output_dir itself, or one outside it)."""
         check_run_name(cfg.name)
         return cls(Path(cfg.train.output_dir) / cfg.name)
+
+    @classmethod
+    def holding(cls, checkpoint: str | Path) -> "RunDir | None":
+        """The run folder ``checkpoint`` lies in (beside its config.yaml, or in its checkpoints/
+        folder), or None for a checkpoint outside any run folder."""
+        parent = Path(checkpoint).parent
+        folder = parent.parent if parent.name == cls.CHECKPOINTS else parent
+        return cls(folder) if (folder / cls.CONFIG).is_file() else None
+
+    def trained_amp_level(self) -> str | None:
+        """The resolved ``train.amp_level`` config.yaml records, or None where it records none
+        (no config.yaml, or ``auto``: written before runs recorded their level).
+
+        Read from the YAML alone, not ``load_config``: a run saved under an older recipe (a key
+        since added) still tells its level.
+        """
+        if not self.config.is_file():
+            return None
+        level = (yaml.safe_load(self.config.read_text()) or {}).get("train", {}).get("amp_level")
+        if level is not None and level not in AMP_LEVELS:
+            raise ConfigError(f"{self.config}: train.amp_level must be one of "
+                              f"{'|'.join(AMP_LEVELS)}, got {level!r}")
+        return None if level in (None, AUTO_AMP) else level
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

@@ -33,7 +33,7 @@ from trainer.config import Config, config_from_args, config_parser, save_config
 from trainer.data import bad_samples, check_records, create_dataset, split_dir
 from trainer.eval import evaluate
 from trainer.model import create_model
-from trainer.precision import PixelInput, cast_network
+from trainer.precision import PixelInput, cast_network, recorded_config, run_precision
 from trainer.pretrained import CLASSIFIER_PREFIX, load_pretrained
 from trainer.rundir import RunDir, atomic_path
 from trainer.runtime import all_reduce_counts, all_reduce_sum, init_runtime
@@ -327,7 +327,7 @@ def _take_run_folder(cfg: Config, run: RunDir, clearing: str | None) -> None:
     cloud.clear_run(cfg)
     run.mend_log()
     with atomic_path(run.config) as tmp:
-        save_config(cfg, tmp)
+        save_config(recorded_config(cfg), tmp)
 
 
 def train(cfg: Config) -> dict:
@@ -344,6 +344,8 @@ def train(cfg: Config) -> dict:
     clearing = run.claim(resuming=resume is not None, overwrite=cfg.train.overwrite,
                          auto=cfg.train.resume == "auto")
     done = checkpoint_epoch(resume) if resume is not None else 0
+    if resume is not None:   # go on in the precision the resumed run trained in
+        cfg = run_precision(cfg, resume)
     if done >= cfg.train.epochs:
         logger.info("%s is finished: %s holds epoch %d of train.epochs=%d; raise train.epochs to "
                     "extend it", run.path, resume, done, cfg.train.epochs)

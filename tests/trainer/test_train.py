@@ -60,6 +60,7 @@ def test_run_folder_holds_config_log_checkpoints_and_best(straight_run, tiny_h26
     assert metrics["videos"] == 12  # the whole val split, counted once
     run = RunDir(run_dir)
     assert load_config(run.config).data.root == str(tiny_h264_records)
+    assert load_config(run.config).train.amp_level == "O0"   # auto, as it resolved here (CPU)
     records = [json.loads(line) for line in run.log.read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     assert {"epoch", "step", "loss", "lr", "clips_per_s", "data_wait"} <= steps[0].keys()
