@@ -126,8 +126,9 @@ class DeprecationLog:
         if "deprecat" in text.lower():
             ours = [f"{frame.filename}:{frame.lineno}" for frame in traceback.extract_stack()
                     if frame.filename.startswith(PROJECT_CODE)]
-            if ours:
-                self.found.append(f"{ours[-1]}: {' '.join(text.split())}")
+            found = f"{ours[-1]}: {' '.join(text.split())}" if ours else None
+            if found and found not in self.found:     # once per call site and message
+                self.found.append(found)
         self.warning_passed_on(msg, *args, **kwargs)
 
 

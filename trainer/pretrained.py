@@ -105,7 +105,7 @@ def load_pretrained(net: StNet, path: str | Path) -> dict[str, list[str]]:
                 other_classes[key] = value.shape[0]     # fine-tuning to another class count
                 continue
             raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the network expects {expected}")
-        matched[key] = Parameter(Tensor(value.astype(ms.dtype_to_nptype(params[key].dtype))), name=key)
+        matched[key] = Parameter(Tensor(value, dtype=params[key].dtype), name=key)
     if not matched:
         raise ValueError(f"{path}: no entry matches a network parameter (first entries: {sorted(state)[:3]})")
     not_loaded, unused = ms.load_param_into_net(net, matched)
