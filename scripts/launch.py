@@ -9,19 +9,23 @@ waiting for its heartbeat timeout (MS_NODE_TIMEOUT, 30 s). Ranks that stop toget
 NaN stop of trainer.train) leave within a second of each other, so with the grace msrun sees the
 first failure only after every rank has left: one such job took 68 s to exit, against 29-34 s.
 """
+import os
 import signal
 import subprocess
 import sys
 import time
 
 FAILURE_GRACE = 5.0
+LAUNCHER_PID_ENV = "STNET_LAUNCHER_PID"     # trainer.cloud's (this script imports no MindSpore)
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         sys.exit("usage: launch.py MODULE [ARGS ...]  (e.g. trainer.train --config configs/demo.yaml)")
-    child = subprocess.Popen([sys.executable, "-m", *argv[1:]])
+    # The ranks' common launcher is msrun, this process's parent (trainer.cloud.launch_token).
+    child = subprocess.Popen([sys.executable, "-m", *argv[1:]],
+                             env={**os.environ, LAUNCHER_PID_ENV: str(os.getppid())})
     for number in FORWARDED_SIGNALS:
         signal.signal(number, lambda received, _frame: child.send_signal(received))
     code = child.wait()

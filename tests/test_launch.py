@@ -17,6 +17,7 @@ FAILURE_GRACE = runpy.run_path(str(LAUNCH))["FAILURE_GRACE"]   # a script, not a
 MODULE = """
 import os, signal, sys, time
 print("args", sys.argv[1:], flush=True)
+print("launcher", os.environ.get("STNET_LAUNCHER_PID"), flush=True)
 how = sys.argv[1]
 if how == "wait":
     time.sleep(60)
@@ -37,7 +38,9 @@ def test_success_is_passed_on_at_once_with_the_module_arguments(tmp_path):
     start = time.monotonic()
     job = _launch(tmp_path, "0", "--config", "x.yaml")
     assert job.wait(timeout=60) == 0 and time.monotonic() - start < FAILURE_GRACE
-    assert "args ['0', '--config', 'x.yaml']" in job.stdout.read()
+    printed = job.stdout.read()
+    assert "args ['0', '--config', 'x.yaml']" in printed
+    assert f"launcher {os.getpid()}" in printed     # the launcher's parent (msrun's place), not it
 
 
 def test_a_failure_is_passed_on_after_the_grace(tmp_path):
@@ -52,3 +55,8 @@ def test_sigterm_reaches_the_module(tmp_path):
     assert job.stdout.readline().startswith("args")
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+def test_the_launcher_is_named_as_trainer_cloud_reads_it():
+    from trainer.cloud import LAUNCHER_PID_ENV
+    assert runpy.run_path(str(LAUNCH))["LAUNCHER_PID_ENV"] == LAUNCHER_PID_ENV

@@ -74,11 +74,17 @@ def local_rank() -> int:
     return int(value)
 
 
+# scripts/launch.py (msrun's entry point) runs the module in a child and names msrun here: the
+# child's own parent is then its launch.py, one per rank.
+LAUNCHER_PID_ENV = "STNET_LAUNCHER_PID"
+
+
 def launch_token() -> str:
     """The same in every process one launch started on this node, another in the next launch:
-    host, launcher pid (msrun or the rank-table script is every local rank's parent) and the
-    launcher's start time, so a marker left by an earlier job is never taken for this one's."""
-    parent = os.getppid()
+    host, launcher pid (msrun or the rank-table script: every local rank's parent, or the pid
+    LAUNCHER_PID_ENV names) and the launcher's start time, so a marker left by an earlier job is
+    never taken for this one's."""
+    parent = int(os.environ.get(LAUNCHER_PID_ENV) or os.getppid())
     try:
         started = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
