@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from datatools.frames import FrameError, codec_of, stored_frames
-from datatools.manifest import JPEG, ok_shard_paths, read_manifest, read_settings, source_sizes
-from datatools.openfiles import ensure_open_files
+from datatools.manifest import JPEG, read_manifest, read_settings, source_sizes
+from datatools.openfiles import split_shards
 from datatools.schema import (CHECKSUM, FRAMES, LABEL, LABELS_NAME, NUM_FRAMES, OFFSETS, VIDEO_ID,
                               read_labels, sample_checksum, split_labels_problem)
 from trainer.config import RESIZE_MODES, TEST_CROPS, Config, ConfigError
@@ -412,8 +412,9 @@ def class_names(cfg: Config) -> list[str]:
 
 
 def check_records(cfg: Config, splits: tuple[str, ...] = SPLIT_KEYS) -> list[str]:
-    """The class names, once the label file matches ``model.num_classes`` and every one of
-    ``splits`` was converted with it; called where a run starts, before the first step."""
+    """The class names, once the label file matches ``model.num_classes``, every one of
+    ``splits`` was converted with it and this process may open all their shards at once
+    (``datatools.openfiles``); called where a run starts, before the network and any pipeline."""
     for split in splits:
         split_dir(cfg, split)       # a wrong data.root is named by its missing split folders first
     if not labels_path(cfg).is_file():
@@ -422,6 +423,8 @@ def check_records(cfg: Config, splits: tuple[str, ...] = SPLIT_KEYS) -> list[str
     names = class_names(cfg)
     for split in splits:
         check_split_labels(cfg, split)
+    for split in splits:    # a process reads them all at once: refused here, not at a first step
+        split_shards(split_dir(cfg, split))
     return names
 
 
@@ -470,10 +473,9 @@ def records(cfg: Config, split: str, *, training: bool, rank: int = 0, group_siz
     keep_large_buffers()    # before the first dataset thread takes an arena of its own
     check_split_labels(cfg, split)
     folder = split_dir(cfg, split)
-    shards = ok_shard_paths(folder)
+    shards = split_shards(folder)
     if not shards:
         raise FileNotFoundError(f"no converted videos in {folder}")
-    ensure_open_files(folder, len(shards))
     # MindDataset's shuffle seed is global; it must be the same on every rank (docs/design.md §4).
     ds.config.set_seed(int(np.random.SeedSequence([cfg.seed, epoch]).generate_state(1)[0]))
     sharding = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}

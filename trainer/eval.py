@@ -28,7 +28,7 @@ from datatools.schema import LABEL, VIDEO_ID
 from trainer import cloud
 from trainer.checkpoint import checkpoint_arg, nan_or_inf
 from trainer.config import config_from_args, config_parser
-from trainer.data import CLIP, MASK, PROBLEM, bad_samples, class_names, create_dataset, split_name
+from trainer.data import CLIP, MASK, PROBLEM, bad_samples, check_records, create_dataset, split_name
 from trainer.runtime import all_reduce_counts, init_runtime
 from trainer.scoring import video_scores
 
@@ -153,7 +153,7 @@ def main(args: argparse.Namespace) -> dict:
     setup_logging(rank)
     cfg = cloud.prepare(cfg, (split_name(cfg, "val"),))
     ckpt = checkpoint_arg(cfg, cloud.checkpoint(cfg, args.ckpt))
-    names = class_names(cfg)
+    names = check_records(cfg, ("val",))   # before the network is built
     from trainer.precision import inference_network  # the network is heavy; import after set-up
     net = inference_network(cfg, ckpt)   # cast as in training: in-run and standalone top-1 agree
     dataset = create_dataset(cfg, "val", training=False, rank=rank, group_size=group_size)
