@@ -86,8 +86,16 @@ def run_precision(cfg: Config, ckpt: str | Path) -> Config:
 
 def cast_network(net: nn.Cell, cfg: Config) -> nn.Cell:
     """``net`` cast for ``amp_level(cfg)``: O2 keeps BatchNorm in float32 and returns float32
-    logits. Parameter names are unchanged, so checkpoints load before or after the cast."""
-    return ms.amp.auto_mixed_precision(net, amp_level(cfg))
+    logits. Parameter names are unchanged, so checkpoints load before or after the cast.
+
+    O0 on Ascend also asks CANN to keep float32: its default precision mode on the first 910 is
+    force_fp16, which runs float32 matrix operators in float16 behind our back. Asked here, where
+    the level is final (a run's recorded level replaces ``auto`` only once its checkpoint is known).
+    """
+    level = amp_level(cfg)
+    if level == "O0" and resolve_device_target(cfg) == "Ascend":
+        ms.device_context.ascend.op_precision.precision_mode("must_keep_origin_dtype")
+    return ms.amp.auto_mixed_precision(net, level)
 
 
 class PixelInput(nn.Cell):

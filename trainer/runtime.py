@@ -107,10 +107,6 @@ def init_runtime(cfg: Config) -> tuple[int, int]:
     ms.set_context(mode=MS_MODES[cfg.mode])
     device_id = os.environ.get("DEVICE_ID") if device == "Ascend" else None
     ms.set_device(device, None if device_id is None else int(device_id))
-    if device == "Ascend" and cfg.train.amp_level == "O0":
-        # O0 is float32 on every Ascend generation: CANN's default precision mode on the first
-        # 910 is force_fp16, which runs float32 matrix operators in float16 behind our back.
-        ms.device_context.ascend.op_precision.precision_mode("must_keep_origin_dtype")
     if device == "CPU":
         _share_cpu_threads(int(os.environ.get("MS_WORKER_NUM", "1")) if distributed_launch() else 1)
     rank, size = _join_group() if distributed_launch() else (0, 1)

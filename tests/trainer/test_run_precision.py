@@ -131,3 +131,17 @@ def test_a_resumed_run_keeps_its_level(o2_run, tiny_records, tmp_path, monkeypat
         train(load_config(DEMO, [*_overrides(tiny_records, tmp_path), "name=o2", "train.epochs=2",
                                  "train.resume=auto"]))
     assert built == ["O2"]
+
+
+@pytest.mark.parametrize("device, level, asked", [("Ascend", "O0", True), ("Ascend", "O2", False),
+                                                  ("CPU", "O0", False)])
+def test_o0_on_ascend_asks_cann_to_keep_float32_where_the_level_is_final(monkeypatch, device, level, asked):
+    """The first 910's default precision mode runs float32 matrix operators in float16; O0 asks
+    for must_keep_origin_dtype when the network is cast, after a run's level replaced auto."""
+    import mindspore as ms
+    from mindspore import nn
+    modes: list[str] = []
+    monkeypatch.setattr(trainer.precision, "resolve_device_target", lambda cfg: device)
+    monkeypatch.setattr(ms.device_context.ascend.op_precision, "precision_mode", modes.append)
+    trainer.precision.cast_network(nn.Dense(2, 2), load_config(DEMO, [f"train.amp_level={level}"]))
+    assert modes == (["must_keep_origin_dtype"] if asked else [])
