@@ -294,12 +294,20 @@ def checkpoint(cfg: Config, ckpt: str | None) -> str | None:
     (pulled); without one the run's best.ckpt, fetched from <train_url>/<name>/ when missing."""
     if cfg.cloud.checkpoint_url and _in_checkpoints(ckpt):
         return str(_checkpoints(cfg) / ckpt)
-    run_url, best = _run_url(cfg), RunDir.of(cfg).best_weights
-    if ckpt is None and run_url is not None and not best.is_file():
-        source = run_url.key(RunDir.BEST_WEIGHTS)
-        once_per_node(best.parent, f"{run_url}/{RunDir.BEST_WEIGHTS}", lambda: Bucket(
-            run_url.bucket, cfg.cloud.endpoint).download(source, best))
+    run_url, run = _run_url(cfg), RunDir.of(cfg)
+    if ckpt is None and run_url is not None and not run.best_weights.is_file():
+        once_per_node(run.path, f"{run_url}/{RunDir.BEST_WEIGHTS}",
+                      lambda: _pull_best(Bucket(run_url.bucket, cfg.cloud.endpoint), run_url, run))
     return ckpt
+
+
+def _pull_best(bucket: Bucket, run_url: ObsUrl, run: RunDir) -> None:
+    """The run's best.ckpt, and its config.yaml when this node has none: the precision the run
+    trained with lives there (trainer.precision.run_precision)."""
+    bucket.download(run_url.key(RunDir.BEST_WEIGHTS), run.best_weights)
+    config = run_url.key(RunDir.CONFIG)
+    if not run.config.is_file() and bucket.stat(config) is not None:
+        bucket.download(config, run.config)
 
 
 def _epoch_order(name: str) -> tuple[int, str]:

@@ -465,13 +465,16 @@ def test_a_checkpoint_url_on_obs_is_pulled_for_fine_tuning_and_eval(tiny_records
 def test_eval_pulls_val_and_the_runs_best_and_export_pushes_its_files(tiny_records, records_url, bucket,
                                                                       tmp_path, capsys):
     from trainer.checkpoint import save_weights
-    from trainer.config import load_config
+    from trainer.config import load_config, save_config
     from trainer.model import create_model
 
     tiny = ["model.width=4", "mode=pynative", "name=cloud"]
     weights = tmp_path / "best.ckpt"
     save_weights(create_model(load_config(DEMO, tiny)), weights, epoch=1)
-    Bucket(bucket).upload(weights, "runs/cloud/best.ckpt")         # as a training job pushed it
+    Bucket(bucket).upload(weights, "runs/cloud/best.ckpt")         # as a training job pushed it,
+    trained = tmp_path / "trained.yaml"                             # with the level it trained with
+    save_config(load_config(DEMO, [*tiny, "train.amp_level=O2"]), trained)
+    Bucket(bucket).upload(trained, "runs/cloud/config.yaml")
     args = ["--config", str(DEMO), *tiny, f"--data_url={records_url}", f"--train_url=obs://{bucket}/runs",
             f"cloud.cache_dir={tmp_path / 'cache'}", f"train.output_dir={tmp_path / 'runs'}"]
     assert run_cli(eval_cmd.build_parser(), eval_cmd.main, args) == 0
@@ -484,6 +487,7 @@ def test_eval_pulls_val_and_the_runs_best_and_export_pushes_its_files(tiny_recor
     assert _remote_files(bucket, "runs/cloud/export") == {"stnet_b1.mindir", "stnet_b1.mindir.json"}
     meta = json.loads((tmp_path / "export" / "stnet_b1.mindir.json").read_text())
     assert meta["classes"] == read_labels(tiny_records.labels) and meta["config"]["data"]["root"] == str(pulled)
+    assert meta["amp_level"] == "O2"    # the run's, pulled beside its best.ckpt: the config says auto
 
 
 def test_310_preprocess_pulls_the_split_it_writes(records_url, tmp_path, capsys):
