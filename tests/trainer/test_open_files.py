@@ -141,10 +141,12 @@ def _refusal(split: Path, shards: int) -> str:
             f"this host's hard limit of {LOW_HARD_LIMIT} (ulimit -Hn)")
 
 
-def test_train_on_too_many_shards_for_the_hard_limit_is_refused_in_one_line(many_records, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trainer.train", "--config", DEMO,
-                           f"data.root={many_records}", "data.train_split=many",
-                           f"train.output_dir={tmp_path}", "name=refused", *SMALL],
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_too_many_shards_for_the_hard_limit_are_refused_in_one_line(many_records, weights, tmp_path, command):
+    args = {"train": ["trainer.train", "data.train_split=many", f"train.output_dir={tmp_path}", "name=refused"],
+            "eval": ["trainer.eval", "--ckpt", weights, "data.val_split=many"]}[command]
+    proc = subprocess.run([sys.executable, "-m", args[0], "--config", DEMO, *map(str, args[1:]),
+                           f"data.root={many_records}", *SMALL],
                           cwd=REPO, env=_env(), preexec_fn=_limited(LOW_HARD_LIMIT, LOW_HARD_LIMIT),
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -152,16 +154,6 @@ def test_train_on_too_many_shards_for_the_hard_limit_is_refused_in_one_line(many
     assert len(errors) == 1 and errors[0].startswith(_refusal(many_records / "many", SHARDS)), errors
     assert "--videos-per-shard" in errors[0]
     assert not (tmp_path / "refused").exists()      # refused before the run folder is taken
-
-
-def test_eval_on_too_many_shards_for_the_hard_limit_is_refused_in_one_line(many_records, weights):
-    proc = subprocess.run([sys.executable, "-m", "trainer.eval", "--config", DEMO, "--ckpt", weights,
-                           f"data.root={many_records}", "data.val_split=many", *SMALL],
-                          cwd=REPO, env=_env(), preexec_fn=_limited(LOW_HARD_LIMIT, LOW_HARD_LIMIT),
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith(_refusal(many_records / "many", SHARDS)), errors
 
 
 def test_inspect_reads_more_shards_than_the_hard_limit_allows_at_once(tiny_records, tmp_path):
