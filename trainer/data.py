@@ -33,7 +33,8 @@ import numpy as np
 from PIL import Image
 
 from datatools.frames import FrameError, codec_of, stored_frames
-from datatools.manifest import JPEG, ok_shard_paths, read_manifest, read_settings, source_sizes
+from datatools.manifest import (JPEG, SOURCE_SIZE_COLUMNS, ok_shard_paths, read_manifest, read_settings,
+                                source_sizes)
 from datatools.openfiles import ensure_open_files
 from datatools.schema import (CHECKSUM, FRAMES, LABEL, LABELS_NAME, NUM_FRAMES, OFFSETS, VIDEO_ID,
                               read_labels, sample_checksum, split_labels_problem)
@@ -495,10 +496,11 @@ def _log_once(message: str, *args) -> None:
 def clip_decoder(cfg: Config, split: str, crop: int, normalize: bool = False) -> ClipDecoder:
     """The decoder for a split, from the conversion settings stored in its manifest."""
     folder = split_dir(cfg, split)
-    table = read_manifest(folder)
+    zoo = cfg.data.resize == "zoo"      # the only mode that looks at the sources' sizes
+    table = read_manifest(folder, SOURCE_SIZE_COLUMNS if zoo else [])
     settings = read_settings(table)
     return build_decoder(cfg, settings.short_side if settings else None, crop, normalize,
-                         source_sizes(table), folder, codec_of(settings))
+                         source_sizes(table) if zoo else {}, folder, codec_of(settings))
 
 
 def build_decoder(cfg: Config, stored: int | None, crop: int, normalize: bool,
