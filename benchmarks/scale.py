@@ -27,8 +27,8 @@ under each shard's name (the name MindRecord stores inside is patched, same leng
 ids repeat across shards while the manifest's are unique. The converter's decode, encode and
 verification are not run.
 
-    python -m benchmarks.scale                 # ~10 min here
-    python -m benchmarks.scale --quick         # a small size, ~1 min
+    python -m benchmarks.scale                 # ~5-7 min here
+    python -m benchmarks.scale --quick         # a small size, ~15 s
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 QUICK = {"rows": 6_500, "val_videos": 1_003, "fractions": "1/4,1", "measure_ranks": "0"}
 LINEAR_SLACK = 1.15          # a growth exponent above this is reported as faster than linear
 SMALL_SECONDS = 0.1          # ... unless the time at the largest size is below this
+PROGRESS_SECONDS = 15        # a line at least this often while a step runs
 # The forked step processes import these once, in their server.
 PRELOAD = ["datatools.convert", "trainer.data"]
 
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", type=_fractions, default=None,
                    help="sizes measured, as fractions of the full size (default 1/16,1/4,1; "
                         f"--quick {QUICK['fractions']})")
-    p.add_argument("--videos-per-shard", type=positive_int, default=VIDEOS_PER_SHARD)
+    p.add_argument("--videos-per-shard", type=positive_int, default=VIDEOS_PER_SHARD,
+                   help=f"as datatools.convert's (default {VIDEOS_PER_SHARD})")
     p.add_argument("--ranks", type=positive_int, default=8, help="ranks the splits are read by")
     p.add_argument("--measure-ranks", type=_ranks, default=None,
                    help="which ranks' start-up is measured, each in its own process (default "
@@ -116,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the CSV's videos without a file (failed rows; default 0.05)")
     p.add_argument("--repeats", type=positive_int, default=3,
                    help="repeats of the manifest reads (medians; the other steps run once)")
-    p.add_argument("--quick", action="store_true", help="a small size, about a minute")
+    p.add_argument("--quick", action="store_true", help="a small size, ~15 s")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
     return p
@@ -203,11 +205,19 @@ class DescriptorPeak:
 
 
 def _in_child(fn, *args):
-    """``fn(*args)`` in a fresh process forked from the preloaded server."""
+    """``fn(*args)`` in a fresh process forked from the preloaded server; a line every
+    PROGRESS_SECONDS while it runs."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
+    start = time.perf_counter()
     with ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
+        future = pool.submit(fn, *args)
+        while True:
+            try:
+                return future.result(timeout=PROGRESS_SECONDS)
+            except TimeoutError:
+                print(f"{time.strftime('%H:%M:%S')}   ... {fn.__name__} running for "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
 
 
 # ----------------------------------------------------------------------------- the inputs
@@ -400,19 +410,19 @@ def manifest_step(root: str, repeats: int) -> dict:
     cfg, zoo = _config(root), _config(root, ("data.resize=zoo",))
     split_dir = str(Path(root) / "train")
     trainer = {
-        "check_split_labels": lambda: check_split_labels(cfg, "train"),
-        "ok_shard_paths": lambda: ok_shard_paths(split_dir),
-        "clip_decoder": lambda: clip_decoder(cfg, "train", FRAME_SIDE),
-        "clip_decoder, data.resize=zoo": lambda: clip_decoder(zoo, "train", FRAME_SIDE),
+        "trainer: check_split_labels": lambda: check_split_labels(cfg, "train"),
+        "trainer: ok_shard_paths": lambda: ok_shard_paths(split_dir),
+        "trainer: clip_decoder": lambda: clip_decoder(cfg, "train", FRAME_SIDE),
+        "trainer: clip_decoder, data.resize=zoo": lambda: clip_decoder(zoo, "train", FRAME_SIDE),
     }
     whole = {
-        "read_manifest, all columns": lambda: read_manifest(split_dir),
-        "rows_of (inspect)": lambda: rows_of(read_manifest(split_dir)),
+        "inspect: read_manifest, all columns": lambda: read_manifest(split_dir),
+        "inspect: rows_of": lambda: rows_of(read_manifest(split_dir)),
     }
     peak = Peak()
     times = {name: statistics.median(_timed(fn)[0] for _ in range(repeats)) for name, fn in trainer.items()}
-    times["trainer's reads, one dataset"] = sum(times[k] for k in ("check_split_labels", "ok_shard_paths",
-                                                                   "clip_decoder"))
+    times["trainer: manifest reads per dataset"] = sum(
+        times[f"trainer: {k}"] for k in ("check_split_labels", "ok_shard_paths", "clip_decoder"))
     trainer_peak = peak.mb()
     times.update({name: statistics.median(_timed(fn)[0] for _ in range(repeats)) for name, fn in whole.items()})
     return {"times": times, "trainer peak MB": trainer_peak, "peak MB": peak.mb()}
@@ -601,8 +611,8 @@ def print_summary(results: list[SizeResult], sizes, fractions, ranks: int, measu
     row("manifest: write (s)", [r.plan["times"]["manifest write"] for r in results], rows)
     row("manifest: bytes on disk (MB)", [r.manifest_bytes / 1e6 for r in results], rows, "MB")
     for key in r_keys(results, "manifest"):
-        row(f"manifest: {key} (s)", [r.manifest["times"][key] for r in results], rows)
-    row("manifest: trainer's reads, peak memory (MB)", [r.manifest["trainer peak MB"] for r in results], rows, "MB")
+        row(f"{key} (s)", [r.manifest["times"][key] for r in results], rows)
+    row("trainer: manifest reads, peak memory (MB)", [r.manifest["trainer peak MB"] for r in results], rows, "MB")
     row("manifest: all reads, peak memory (MB)", [r.manifest["peak MB"] for r in results], rows, "MB")
     read = [min(d["shards read"] for d in r.dataset.values()) for r in results]
     lines.append("| train rank: shards read | " + " | ".join(f"{n:,}" for n in read) + " | |")

@@ -14,7 +14,7 @@ def test_a_tiny_run_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| step | 1/4 (50 rows, 1 shards) | 1 (200 rows, 4 shards) |"), table[0]
-    for step in ("plan: plan_shards (s)", "manifest: clip_decoder (s)", "train rank: first batch (s)",
+    for step in ("plan: plan_shards (s)", "trainer: clip_decoder (s)", "train rank: first batch (s)",
                  "eval rank: padding cost (s)"):
         assert any(line.startswith(f"| {step} | ") for line in table), step
     assert "rank 1 reads" in out and "total" in out
