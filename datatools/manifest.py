@@ -18,9 +18,10 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datatools.schema import READABLE_VERSIONS, SCHEMA_VERSION, SchemaVersionError
@@ -29,7 +30,7 @@ __all__ = [
     "MANIFEST_NAME", "LOCK_NAME", "STATUS_OK", "STATUS_FAILED", "NO_SHARD", "Reason", "reason_kind",
     "ManifestRow", "MANIFEST_SCHEMA", "Settings", "ShardFiles", "FileDigest", "SourceStamp",
     "source_stamp", "DoneMarker", "shard_index", "write_manifest", "read_manifest", "rows_of", "read_rows",
-    "read_settings", "read_meta", "read_input", "InputId", "shards_on_disk", "read_digests", "ok_shard_paths", "source_sizes", "AUTO", "AUTO_PAGE", "page_size_of",
+    "read_settings", "read_meta", "read_input", "InputId", "shards_on_disk", "read_digests", "ok_shard_paths", "source_sizes", "SOURCE_SIZE_COLUMNS", "AUTO", "AUTO_PAGE", "page_size_of",
     "JPEG", "H264", "CODECS", "X264_PRESETS",
 ]
 
@@ -385,12 +386,14 @@ def write_manifest(rows: Iterable[ManifestRow], out_dir: str | Path, settings: S
     return path
 
 
-def read_manifest(split_dir: str | Path) -> pa.Table:
-    """The split's manifest table, refusing files written under another schema version."""
+def read_manifest(split_dir: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """The split's manifest table, refusing files written under another schema version; only
+    ``columns`` when given (``[]``: none, the metadata alone), which is what a reader of a
+    Kinetics-size manifest should ask for (benchmarks/README.md, scale)."""
     path = Path(split_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no manifest at {path}: convert the split first (datatools.convert)")
-    table = pq.read_table(path)
+    table = pq.read_table(path, columns=None if columns is None else list(columns))
     found = (table.schema.metadata or {}).get(META_SCHEMA_VERSION, b"<none>").decode()
     if found not in map(str, READABLE_VERSIONS):
         raise SchemaVersionError(
@@ -424,7 +427,7 @@ def read_input(split_dir: str | Path) -> InputId | None:
     manifest), else a half-done one's (a done marker's); None if there is none or it was
     converted before inputs were stored."""
     if (Path(split_dir) / MANIFEST_NAME).is_file():
-        meta = read_meta(read_manifest(split_dir))
+        meta = read_meta(read_manifest(split_dir, []))
         name = meta.get("csv", meta.get("list", ""))
         return InputId(name, meta["input_sha256"]) if "input_sha256" in meta else None
     markers = (DoneMarker.read(ShardFiles.of(split_dir, i).done) for i in shards_on_disk(split_dir))
@@ -447,9 +450,8 @@ def read_digests(table: pa.Table) -> dict[str, FileDigest]:
 
 def ok_shard_paths(split_dir: str | Path) -> list[str]:
     """Shard files that hold at least one converted video, in shard order."""
-    table = read_manifest(split_dir)
-    shards = sorted({s for s, st in zip(table.column("shard").to_pylist(),
-                                         table.column("status").to_pylist()) if st == STATUS_OK})
+    table = _ok(read_manifest(split_dir, ["shard", "status"]))
+    shards = sorted(pc.unique(table.column("shard")).to_pylist())
     paths = [str(ShardFiles.of(split_dir, s).record) for s in shards]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
@@ -457,8 +459,17 @@ def ok_shard_paths(split_dir: str | Path) -> list[str]:
     return paths
 
 
+SOURCE_SIZE_COLUMNS = ("video_id", "status", "src_height", "src_width")    # what source_sizes reads
+
+
 def source_sizes(table: pa.Table) -> dict[str, tuple[int, int]]:
-    """(height, width) of each converted video's source, by video_id (stored frames may be smaller)."""
-    rows = zip(table.column("video_id").to_pylist(), table.column("status").to_pylist(),
-               table.column("src_height").to_pylist(), table.column("src_width").to_pylist())
-    return {vid: (height, width) for vid, status, height, width in rows if status == STATUS_OK}
+    """(height, width) of each converted video's source, by video_id (stored frames may be smaller);
+    ``table`` needs SOURCE_SIZE_COLUMNS only."""
+    ok = _ok(table)
+    return dict(zip(ok.column("video_id").to_pylist(),
+                    zip(ok.column("src_height").to_pylist(), ok.column("src_width").to_pylist())))
+
+
+def _ok(table: pa.Table) -> pa.Table:
+    """The rows of converted videos, filtered in Arrow (a Kinetics manifest is ~650k rows)."""
+    return table.filter(pc.equal(table.column("status"), STATUS_OK))

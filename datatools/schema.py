@@ -125,7 +125,7 @@ def split_labels_problem(split_dir: str | Path, labels_path: str | Path) -> str 
     be trained or scored on shifted labels without any error. One line naming the split and the
     file (for the trainer to raise and ``datatools.inspect`` to report)."""
     from datatools.manifest import META_SETTINGS, read_manifest   # manifest imports this module
-    table = read_manifest(split_dir)
+    table = read_manifest(split_dir, [])     # the metadata alone
     stored = json.loads((table.schema.metadata or {}).get(META_SETTINGS, b"{}")).get("labels_sha256")
     actual = labels_sha256(labels_path)
     if stored == actual:

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from datatools.frames import FrameError, codec_of, stored_frames
-from datatools.manifest import JPEG, read_manifest, read_settings, source_sizes
+from datatools.manifest import JPEG, SOURCE_SIZE_COLUMNS, read_manifest, read_settings, source_sizes
 from datatools.openfiles import split_shards
 from datatools.schema import (CHECKSUM, FRAMES, LABEL, LABELS_NAME, NUM_FRAMES, OFFSETS, VIDEO_ID,
                               read_labels, sample_checksum, split_labels_problem)
@@ -498,14 +498,16 @@ def _log_once(message: str, *args) -> None:
 def clip_decoder(cfg: Config, split: str, crop: int, normalize: bool = False) -> ClipDecoder:
     """The decoder for a split, from the conversion settings stored in its manifest."""
     folder = split_dir(cfg, split)
-    table = read_manifest(folder)
+    zoo = cfg.data.resize == "zoo"      # the only mode that looks at the sources' sizes
+    table = read_manifest(folder, SOURCE_SIZE_COLUMNS if zoo else [])
     settings = read_settings(table)
     stored = settings.short_side if settings else None
     if stored is not None and 0 < stored < crop:    # every clip would be upscaled from too few pixels
         raise ValueError(f"{folder} is stored at short side {stored}, below the crop {crop}: "
                          f"reconvert it with datatools.convert --short-side {crop} or more, or lower "
                          f"data.crop_size / test.crop")
-    return build_decoder(cfg, stored, crop, normalize, source_sizes(table), folder, codec_of(settings))
+    return build_decoder(cfg, stored, crop, normalize, source_sizes(table) if zoo else {}, folder,
+                         codec_of(settings))
 
 
 def build_decoder(cfg: Config, stored: int | None, crop: int, normalize: bool,

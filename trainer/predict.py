@@ -79,7 +79,7 @@ def stored_settings(cfg: Config) -> Settings:
     a predicted video is stored as its training videos were."""
     for split in ("train", "val"):
         try:
-            settings = read_settings(read_manifest(split_dir(cfg, split)))
+            settings = read_settings(read_manifest(split_dir(cfg, split), []))
         except FileNotFoundError:
             continue
         if settings is not None:
