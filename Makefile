@@ -48,7 +48,7 @@ CKPT ?=
 # Without CKPT, eval and export use the run's best.ckpt (runs/<name>/best.ckpt).
 CKPT_ARG = $(if $(value CKPT),--ckpt $(call quoted,CKPT))
 
-.PHONY: setup test test-fast test-demo records train train-8p eval predict package-310 export-310 demo
+.PHONY: setup test test-fast test-e2e records train train-8p eval predict package-310 export-310 demo
 
 setup: $(VENV)/.installed
 
@@ -73,8 +73,9 @@ test: setup
 test-fast: setup
 	$(PYTEST) --ignore=tests/e2e -m "not slow" tests
 
-# The whole demo end to end (minutes): Ctrl-C in its first epoch, then run again (.ci/run).
-test-demo: setup
+# End to end, minutes each (.ci/run runs them after `make test`): the whole demo, Ctrl-C'd in its
+# first epoch and run again; train and eval on a split of 2,000 shards under open-file limits.
+test-e2e: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
 # What every target runs with, as its python sees it: interpreter, PYTHONPATH, sys.path, where the

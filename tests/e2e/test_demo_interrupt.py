@@ -1,7 +1,7 @@
 """``make demo`` stopped with Ctrl-C during its first epoch, then run again, finishes (issue 22,
 item 1: the re-run used to refuse forever, "resume it with train.resume=auto", the setting it
 had). The whole demo, with CI's short settings: minutes of CPU, so `.ci/run` runs it after
-`make test` (`make test-demo`), not `make test`."""
+`make test` (`make test-e2e`), not `make test`."""
 from __future__ import annotations
 
 import os

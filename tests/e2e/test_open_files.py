@@ -27,7 +27,8 @@ from trainer.checkpoint import save_weights
 from trainer.config import load_config
 from trainer.model import create_model
 
-pytestmark = pytest.mark.slow   # thousands of shards written, MindSpore commands in subprocesses
+pytestmark = pytest.mark.slow   # thousands of shards written, MindSpore commands in subprocesses:
+                                # `make test-e2e` (.ci/run), not `make test`
 
 SHARDS = 2000       # ~7,500 descriptors to read at once: far above a soft limit of 1024
 SOFT_LIMIT = 1024
