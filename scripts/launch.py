@@ -7,7 +7,8 @@ FAILURE_GRACE seconds. msrun kills every worker as soon as one exits non-zero; a
 before it left the cluster (which a process does as it exits) keeps the scheduler, and so msrun,
 waiting for its heartbeat timeout (MS_NODE_TIMEOUT, 30 s). Ranks that stop together (the agreed
 NaN stop of trainer.train) leave within a second of each other, so with the grace msrun sees the
-first failure only after every rank has left: one such job took 68 s to exit, against 29-34 s.
+first failure only after every rank has left: such jobs took 68-85 s to exit about one time in
+three, and 31-41 s with the grace (start-up included).
 """
 import os
 import signal
