@@ -316,7 +316,8 @@ class SplitPush:
 
     def _stored_input(self, bucket: Bucket) -> InputId | None:
         """The input of the split in the bucket, from its first done marker that names one."""
-        markers = [o.key for o in bucket.list(self.url.key("")) if o.key.endswith(".done.json")]
+        prefix = self.url.key("")
+        markers = [o.key for o in bucket.list(prefix) if phase_of(o.key[len(prefix):]) == MARKER]
         with tempfile.TemporaryDirectory() as folder:
             for index, key in enumerate(markers):
                 local = Path(folder) / f"{index}.done.json"
@@ -365,7 +366,7 @@ class SplitPush:
         prefix = self.url.key("")
         others = [o.key for o in bucket.list(prefix)
                   if (index := _shard_index(o.key[len(prefix):])) is not None and index not in ours]
-        for key in sorted(others, key=lambda k: not k.endswith(".done.json")):
+        for key in sorted(others, key=lambda k: phase_of(k[len(prefix):]) != MARKER):
             bucket.delete(key)
         if others:
             log.info("deleted %d file(s) of shards the split no longer has in %s", len(others), self.url)
